@@ -1,0 +1,148 @@
+"""Argument checks shared by every lyapopt factory and update function.
+
+Checks run when a transformation is built, as in optax. Under
+``optax.inject_hyperparams`` a factory is called again with traced arrays;
+a traced value cannot be inspected, so it is checked only for its type and
+passes on (it was checked, as a number, when the user first built it).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _concrete_float(name: str, where: str, value: Any) -> float | None:
+    """Returns ``value`` as a float, or None when it is traced."""
+    if isinstance(value, bool):
+        raise TypeError(
+            f"{where}: `{name}` must be a real number, got the bool {value!r}."
+        )
+    if isinstance(value, jax.core.Tracer):
+        if value.shape != ():
+            raise TypeError(
+                f"{where}: `{name}` must be a scalar, got an array of shape "
+                f"{value.shape}."
+            )
+        return None
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        if np.shape(value) != ():
+            raise TypeError(
+                f"{where}: `{name}` must be a scalar, got an array of shape "
+                f"{np.shape(value)}."
+            )
+        if not jnp.issubdtype(value.dtype, jnp.number) or jnp.issubdtype(
+            value.dtype, jnp.complexfloating
+        ):
+            raise TypeError(
+                f"{where}: `{name}` must be a real number, got an array of dtype "
+                f"{value.dtype}."
+            )
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(
+        f"{where}: `{name}` must be a real number, got {value!r} of type "
+        f"{type(value).__name__}."
+    )
+
+
+def check_number(
+    where: str,
+    name: str,
+    value: Any,
+    *,
+    lower: float | None = None,
+    lower_open: bool = False,
+    upper: float | None = None,
+    upper_open: bool = False,
+    integer: bool = False,
+    fix: str = "",
+) -> None:
+    """Raises TypeError/ValueError unless ``value`` is a number in range.
+
+    The message names the function, the argument, the value and the fix.
+    """
+    v = _concrete_float(name, where, value)
+    if v is None:
+        return
+    bounds = []
+    if lower is not None:
+        bounds.append(f"{'>' if lower_open else '>='} {lower:g}")
+    if upper is not None:
+        bounds.append(f"{'<' if upper_open else '<='} {upper:g}")
+    kind = "an integer" if integer else "a finite number"
+    wanted = kind + (" " + " and ".join(bounds) if bounds else "")
+    bad = (
+        not math.isfinite(v)
+        or (integer and v != int(v))
+        or (lower is not None and (v <= lower if lower_open else v < lower))
+        or (upper is not None and (v >= upper if upper_open else v > upper))
+    )
+    if bad:
+        raise ValueError(
+            f"{where}: `{name}` must be {wanted}, got {value!r}."
+            + (f" {fix}" if fix else "")
+        )
+
+
+def check_choice(where: str, name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raises ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{where}: `{name}` must be one of {shown}; got {value!r}.")
+
+
+def require_params(where: str, params: Any) -> None:
+    """Raises ValueError when the update was called without ``params``."""
+    if params is None:
+        raise ValueError(
+            f"{where} needs the current parameters: call "
+            "`tx.update(grads, state, params, value_fn=...)` with `params`."
+        )
+
+
+def require_value_fn(where: str, value_fn: Any) -> Callable[..., Any]:
+    """Returns ``value_fn``; raises ValueError with the fix when it is missing."""
+    if value_fn is None:
+        raise ValueError(
+            f"{where} needs the extra argument `value_fn`, the loss as a function "
+            "of the parameters on the current batch: call `tx.update(grads, state, "
+            "params, value=loss, value_fn=lambda p: loss_fn(p, batch))`."
+        )
+    if not callable(value_fn):
+        raise TypeError(
+            f"{where}: `value_fn` must be a callable params -> scalar loss, got "
+            f"{type(value_fn).__name__}."
+        )
+    return value_fn
+
+
+def check_updates_match(where: str, updates: Any, params: Any) -> None:
+    """Raises ValueError when ``updates`` and ``params`` differ in structure."""
+    u_tree = jax.tree.structure(updates)
+    p_tree = jax.tree.structure(params)
+    if u_tree != p_tree:
+        raise ValueError(
+            f"{where}: `updates` and `params` must have the same tree structure; "
+            f"got {u_tree} and {p_tree}. Pass the gradients of the same params."
+        )
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+        if jnp.shape(u) != jnp.shape(p):
+            raise ValueError(
+                f"{where}: an update of shape {jnp.shape(u)} does not match its "
+                f"parameter of shape {jnp.shape(p)}."
+            )
+    for p in jax.tree.leaves(params):
+        if not jnp.issubdtype(jnp.result_type(p), jnp.inexact):
+            raise TypeError(
+                f"{where}: `params` holds an array of dtype {jnp.result_type(p)}; "
+                "a step can only move floating-point parameters. Cast it with "
+                "`.astype(jnp.float32)` or keep it out of the optimised tree."
+            )

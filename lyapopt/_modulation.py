@@ -1,0 +1,64 @@
+"""The paper's gradient-norm modulation of the step size."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lyapopt._checks import check_number
+from lyapopt._line import scalar_dtype
+
+
+class ModulationState(NamedTuple):
+    """State of :func:`scale_by_gradient_modulation`."""
+
+    factor: jax.Array  # 1 / (1 + strength * ||u||) applied at the last step
+    norm: jax.Array  # ||u||, the global L2 norm of the incoming updates
+
+
+def scale_by_gradient_modulation(
+    strength: float | jax.Array = 1.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Scales the updates down where the gradient is large.
+
+    .. math::
+      u \leftarrow \frac{u}{1 + \beta \lVert u \rVert_2}
+
+    with the global L2 norm over the whole tree. The paper's gradient-based
+    modulation is ``eta(theta) = 1 / (1 + ||grad L(theta)||)`` (Chaudhary et
+    al., JAIR 2025); the strength ``beta`` is ours (``beta = 1`` is the
+    paper's rule, ``beta = 0`` turns it off). Placed first in a chain it sees
+    the raw gradient, as in the paper. The step it produces has norm below
+    ``1 / beta`` however large the gradient.
+
+    Args:
+      strength: ``beta >= 0``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state holds the
+      factor and the norm.
+    """
+    check_number(
+        "scale_by_gradient_modulation",
+        "strength",
+        strength,
+        lower=0.0,
+        fix="Pass 1.0 for the paper's rule, or 0.0 to turn it off.",
+    )
+
+    def init_fn(params: optax.Params) -> ModulationState:
+        dtype = scalar_dtype(params)
+        return ModulationState(factor=jnp.ones([], dtype), norm=jnp.zeros([], dtype))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        dtype = state.factor.dtype
+        norm = optax.tree.norm(optax.tree.cast(updates, dtype))
+        factor = 1.0 / (1.0 + jnp.asarray(strength, dtype) * norm)
+        updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
+        return updates, ModulationState(factor=factor, norm=norm)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
