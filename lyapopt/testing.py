@@ -42,9 +42,10 @@ def assert_monotone_decrease(
     rises = np.flatnonzero(np.diff(values) > tolerance)
     if rises.size:
         i = int(rises[0])
+        a, b = float(values[i]), float(values[i + 1])
         raise AssertionError(
-            f"the loss rose at step {i + 1}: {values[i]!r} -> {values[i + 1]!r} "
-            f"(+{values[i + 1] - values[i]:.3g}, tolerance {tolerance:g}); "
+            f"the loss rose at step {i + 1}: {a!r} -> {b!r} "
+            f"(+{b - a:.3g}, tolerance {tolerance:g}); "
             f"{rises.size} rise(s) in {values.size} values."
         )
 

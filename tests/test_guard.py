@@ -1,0 +1,125 @@
+"""lyapunov_guard: record, backtrack, skip and check."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.experimental import checkify
+
+import lyapopt
+
+
+def loss(p: jax.Array) -> jax.Array:
+    return jnp.sum(p**2)
+
+
+X = jnp.array([1.0])
+OVERSHOOT = jnp.array([-3.0])  # 1 -> -2: V goes from 1 to 4
+
+
+def _guard(mode: str, **kwargs: object) -> tuple[jax.Array, lyapopt.GuardState]:
+    tx = lyapopt.lyapunov_guard(mode=mode, **kwargs)
+    return tx.update(OVERSHOOT, tx.init(X), X, value=loss(X), value_fn=loss)
+
+
+def test_record_takes_the_step_and_counts_the_violation() -> None:
+    updates, state = _guard("record")
+    np.testing.assert_array_equal(updates, OVERSHOOT)
+    assert int(state.violations) == 1
+    assert float(state.value_before) == 1.0
+    assert float(state.value_after) == 4.0
+
+
+def test_backtrack_halves_until_the_loss_goes_down() -> None:
+    # Halved once: 1 - 1.5 = -0.5, V = 0.25 < 1.
+    updates, state = _guard("backtrack")
+    np.testing.assert_allclose(updates, OVERSHOOT / 2)
+    assert int(state.backtracks) == 1
+    assert float(state.scale) == 0.5
+    assert float(state.value_after) == 0.25
+    assert int(state.violations) == 1
+
+
+def test_backtrack_gives_up_after_max_backtracks_and_takes_no_step() -> None:
+    updates, state = _guard("backtrack", max_backtracks=0)
+    np.testing.assert_array_equal(updates, 0.0)
+    assert float(state.scale) == 0.0
+    assert float(state.value_after) == float(state.value_before)
+
+
+def test_skip_takes_no_step_on_a_violation() -> None:
+    updates, state = _guard("skip")
+    np.testing.assert_array_equal(updates, 0.0)
+    assert int(state.violations) == 1
+
+
+def test_tolerance_allows_a_small_rise() -> None:
+    updates, state = _guard("skip", tolerance=3.5)
+    np.testing.assert_array_equal(updates, OVERSHOOT)
+    assert int(state.violations) == 0
+
+
+def test_a_good_step_passes_untouched_in_every_mode() -> None:
+    for mode in lyapopt._guard.MODES:
+        tx = lyapopt.lyapunov_guard(mode=mode)
+        updates, state = tx.update(-0.5 * X, tx.init(X), X, value_fn=loss)
+        np.testing.assert_array_equal(updates, -0.5 * X)
+        assert int(state.violations) == 0
+
+
+def test_check_mode_raises_under_chexify() -> None:
+    tx = lyapopt.lyapunov_guard(mode="check")
+
+    def step(p: jax.Array, state: lyapopt.GuardState) -> jax.Array:
+        updates, _ = tx.update(OVERSHOOT, state, p, value=loss(p), value_fn=loss)
+        return optax.apply_updates(p, updates)
+
+    checked = chex.chexify(jax.jit(step), async_check=False)
+    with pytest.raises(
+        checkify.JaxRuntimeError, match=r"raised the loss from 1\.0 to 4\.0"
+    ):
+        checked(X, tx.init(X))
+    # Without chexify the debug check is inert and the step goes through.
+    np.testing.assert_array_equal(jax.jit(step)(X, tx.init(X)), X + OVERSHOOT)
+
+
+@pytest.mark.parametrize("mode", ["backtrack", "skip"])
+def test_never_accepts_an_increase_on_random_quadratics(mode: str) -> None:
+    key = jax.random.key(0)
+    tx = lyapopt.lyapunov_guard(mode=mode)
+    for i in range(30):
+        k1, k2, k3, key = jax.random.split(key, 4)
+        a = jnp.exp(jax.random.uniform(k1, (5,), minval=-6, maxval=6))
+        f = lambda p, a=a: 0.5 * jnp.sum(a * p * p)  # noqa: E731
+        x = jax.random.normal(k2, (5,))
+        u = -jnp.exp(jax.random.uniform(k3, (), minval=-4, maxval=4)) * jax.grad(f)(x)
+        updates, state = tx.update(u, tx.init(x), x, value_fn=f)
+        assert float(f(x + updates)) <= float(f(x)), i
+        assert float(state.value_after) <= float(state.value_before)
+
+
+@pytest.mark.parametrize("mode", ["backtrack", "skip"])
+def test_nan_value_takes_no_step(mode: str) -> None:
+    tx = lyapopt.lyapunov_guard(mode=mode)
+    updates, state = tx.update(-X, tx.init(X), X, value=jnp.nan, value_fn=loss)
+    np.testing.assert_array_equal(updates, 0.0)
+    assert int(state.violations) == 1
+
+
+def test_value_fn_is_needed() -> None:
+    tx = lyapopt.lyapunov_guard()
+    with pytest.raises(
+        ValueError, match="lyapunov_guard needs the extra argument `value_fn`"
+    ):
+        tx.update(X, tx.init(X), X, value=1.0)
+
+
+def test_unknown_mode_is_refused_with_the_choices() -> None:
+    with pytest.raises(
+        ValueError, match=r"`mode` must be one of 'record', 'backtrack'"
+    ):
+        lyapopt.lyapunov_guard(mode="reject")
