@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def _concrete_float(name: str, where: str, value: Any) -> float | None:
@@ -105,6 +106,15 @@ def require_params(where: str, params: Any) -> None:
         raise ValueError(
             f"{where} needs the current parameters: call "
             "`tx.update(grads, state, params, value_fn=...)` with `params`."
+        )
+    masked = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    if any(isinstance(x, optax.MaskedNode) for x in masked):
+        raise ValueError(
+            f"{where} is inside `optax.masked`, which hands it only part of the "
+            "parameters, so `value_fn` cannot be evaluated. Choose the direction per "
+            "leaf and stabilise the whole tree instead: `lyapopt.stabilize("
+            "optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, "
+            "labels))`."
         )
 
 
