@@ -25,7 +25,7 @@ class CurvatureState(NamedTuple):
     """State of :func:`scale_by_curvature`."""
 
     count: jax.Array  # int32, steps taken (saturating)
-    s_star: jax.Array  # -g.u / u.Hu at the last step; +inf when no bound
+    s_star: jax.Array  # -g.u / u.Hu at the last finite step; +inf when no bound
     scale: jax.Array  # the factor applied to the updates at the last step
     curvature: jax.Array  # u.Hu / u.u, last measured (reused between measures)
 
@@ -177,7 +177,7 @@ def scale_by_curvature(
         )
         return _line.scale_updates(updates, scale), CurvatureState(
             count=numerics.safe_increment(state.count),
-            s_star=s_star,
+            s_star=jnp.where(jnp.isnan(s_star), state.s_star, s_star),
             scale=scale,
             curvature=curvature.astype(dtype),
         )

@@ -27,11 +27,12 @@ MODES = ("record", "backtrack", "skip", "check")
 class GuardState(NamedTuple):
     """State of :func:`lyapunov_guard`."""
 
-    value_before: jax.Array  # V(theta) at the last step
-    value_after: jax.Array  # V(theta + taken step) at the last step
+    value_before: jax.Array  # V(theta), at the last step where it was finite
+    value_after: jax.Array  # V after the step taken, where it was finite
     scale: jax.Array  # the factor applied to the proposed step (0 = no step)
     backtracks: jax.Array  # int32, halvings used at the last step
     violations: jax.Array  # int32, steps whose proposal raised V (saturating)
+    nonfinite: jax.Array  # int32, steps where V(theta) was NaN or Inf (saturating)
 
 
 def lyapunov_guard(
@@ -97,11 +98,12 @@ def lyapunov_guard(
         dtype = _line.scalar_dtype(params)
         zero = jnp.zeros([], jnp.int32)
         return GuardState(
-            value_before=jnp.asarray(jnp.nan, dtype),
-            value_after=jnp.asarray(jnp.nan, dtype),
+            value_before=jnp.zeros([], dtype),
+            value_after=jnp.zeros([], dtype),
             scale=jnp.ones([], dtype),
             backtracks=zero,
             violations=zero,
+            nonfinite=zero,
         )
 
     def update_fn(
@@ -123,6 +125,7 @@ def lyapunov_guard(
         else:
             before = jnp.asarray(value).astype(dtype)
         bound = before + jnp.asarray(tolerance, dtype)
+        judged = jnp.isfinite(before)
 
         def value_at(scale: jax.Array) -> jax.Array:
             moved = optax.apply_updates(params, _line.scale_updates(updates, scale))
@@ -130,15 +133,15 @@ def lyapunov_guard(
 
         def holds(v: jax.Array) -> jax.Array:
             # False for NaN on either side: a step we cannot judge is refused.
-            return jnp.isfinite(before) & (v <= bound)
+            return judged & (v <= bound)
 
         one = jnp.ones([], dtype)
         after = value_at(one)
-        violated = ~holds(after)
+        violated = judged & ~holds(after)
         scale, backtracks = one, jnp.zeros([], jnp.int32)
         if mode == "check":
             checkify.check(
-                ~violated,
+                holds(after),
                 "lyapunov_guard: the step raised the loss from {before} to {after} "
                 "(tolerance {tol}).",
                 before=before,
@@ -147,12 +150,12 @@ def lyapunov_guard(
                 debug=True,
             )
         elif mode == "skip":
-            scale = jnp.where(violated, 0, one).astype(dtype)
+            scale = jnp.where(holds(after), one, 0).astype(dtype)
         elif mode == "backtrack":
 
             def shrinking(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
                 k, _, v = carry
-                return (k < max_backtracks) & ~holds(v)
+                return judged & (k < max_backtracks) & ~holds(v)
 
             def halve(carry: tuple[jax.Array, jax.Array, jax.Array]):
                 k, s, _ = carry
@@ -164,14 +167,17 @@ def lyapunov_guard(
             scale = jnp.where(holds(after), scale, 0).astype(dtype)
         if mode in ("skip", "backtrack"):
             after = jnp.where(scale > 0, after, before)
+
+        def count(event: jax.Array, n: jax.Array) -> jax.Array:
+            return jnp.where(event, numerics.safe_increment(n), n)
+
         return _line.scale_updates(updates, scale), GuardState(
-            value_before=before,
-            value_after=after.astype(dtype),
+            value_before=jnp.where(judged, before, state.value_before),
+            value_after=jnp.where(jnp.isfinite(after), after, state.value_after),
             scale=scale,
             backtracks=backtracks,
-            violations=jnp.where(
-                violated, numerics.safe_increment(state.violations), state.violations
-            ),
+            violations=count(violated, state.violations),
+            nonfinite=count(~judged, state.nonfinite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

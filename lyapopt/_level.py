@@ -17,7 +17,9 @@ _WHERE = "scale_by_level"
 class LevelState(NamedTuple):
     """State of :func:`scale_by_level`."""
 
-    s_level: jax.Array  # (V - target) / (-g.u) at the last step; +inf if no bound
+    s_level: (
+        jax.Array
+    )  # (V - target) / (-g.u) at the last finite step; +inf if no bound
     scale: jax.Array  # the factor applied to the updates at the last step
 
 
@@ -97,6 +99,7 @@ def scale_by_level(
         ).astype(dtype)
         finite = jnp.isfinite(v) & jnp.isfinite(slope)
         scale = jnp.where(finite, jnp.clip(s_level, 0, 1), 0).astype(dtype)
+        s_level = jnp.where(finite, s_level, state.s_level)
         return _line.scale_updates(updates, scale), LevelState(
             s_level=s_level, scale=scale
         )

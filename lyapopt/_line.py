@@ -68,22 +68,23 @@ def slope(
 def line_derivatives(
     where: str, value_fn: ValueFn, params: Any, updates: Any, dtype: jnp.dtype
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(V, g.u, u.Hu)`` by forward-over-forward differentiation of the line.
+    """``(V, g.u, u.Hu)`` by forward-over-forward differentiation along ``u``.
 
+    A ``jax.jvp`` of a ``jax.jvp``, both in the direction ``u``: the inner one
+    gives ``g.u``, the outer one its derivative ``u.Hu``. The primal is
+    evaluated at ``params`` itself, so under one ``jax.jit`` with the user's
+    ``value_and_grad`` XLA computes the forward pass once for both.
     Low-precision parameters are promoted to float32 for this evaluation, so
     the second derivative is not lost to bfloat16 rounding.
     """
     base, direction = _promoted(params), _promoted(updates)
-    zero, one = jnp.zeros([], dtype), jnp.ones([], dtype)
 
-    def phi(s: jax.Array) -> jax.Array:
-        moved = jax.tree.map(lambda p, d: p + (s * d).astype(p.dtype), base, direction)
-        return _as_scalar(where, value_fn(moved), dtype)
+    def v_and_slope(p: Any) -> tuple[jax.Array, jax.Array]:
+        return jax.jvp(
+            lambda q: _as_scalar(where, value_fn(q), dtype), (p,), (direction,)
+        )
 
-    def phi_and_slope(s: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return jax.jvp(phi, (s,), (one,))
-
-    (v, gu), (_, uhu) = jax.jvp(phi_and_slope, (zero,), (one,))
+    (v, gu), (_, uhu) = jax.jvp(v_and_slope, (base,), (direction,))
     return v, gu, uhu
 
 

@@ -30,6 +30,7 @@ _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
         ("scale", "guard_scale"),
         ("backtracks", "backtracks"),
         ("violations", "violations"),
+        ("nonfinite", "nonfinite_values"),
     ),
     optax.ApplyIfFiniteState: (("total_notfinite", "nonfinite_steps"),),
 }
@@ -57,7 +58,8 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     ``learning_rate``, ``modulation`` and ``update_norm``, ``curvature``
     (``u.Hu / u.u``), ``s_star`` and ``curvature_scale``, ``s_level`` and
     ``level_scale``, ``value_before`` and ``value_after``, ``guard_scale``,
-    ``backtracks`` and ``violations``, and ``nonfinite_steps`` (gradients
+    ``backtracks``, ``violations`` and ``nonfinite_values`` (steps whose loss
+    was NaN or Inf), and ``nonfinite_steps`` (gradients with a NaN or an Inf,
     dropped by :func:`lyapopt.stabilize`). A name that occurs twice gets a
     suffix, ``_1`` and so on, in the order of the state.
 

@@ -103,9 +103,39 @@ def test_never_accepts_an_increase_on_random_quadratics(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["backtrack", "skip"])
-def test_nan_value_takes_no_step(mode: str) -> None:
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_non_finite_value_takes_no_step_and_is_counted_apart(
+    mode: str, bad: float
+) -> None:
+    calls: list[int] = []
+
+    def counted(p: jax.Array) -> jax.Array:
+        jax.debug.callback(lambda: calls.append(1))
+        return loss(p)
+
     tx = lyapopt.lyapunov_guard(mode=mode)
-    updates, state = tx.update(-X, tx.init(X), X, value=jnp.nan, value_fn=loss)
+    state = tx.init(X)
+    _, state = tx.update(-0.5 * X, state, X, value_fn=loss)  # a good step first
+    updates, new_state = tx.update(-X, state, X, value=bad, value_fn=counted)
+    jax.effects_barrier()
+    np.testing.assert_array_equal(updates, 0.0)
+    assert int(new_state.nonfinite) == 1
+    assert int(new_state.violations) == 0
+    assert len(calls) == 1  # no backtracking on a loss that cannot be judged
+    # The recorded values stay those of the last finite step.
+    assert float(new_state.value_before) == float(state.value_before) == 1.0
+    assert bool(
+        jax.tree.reduce(
+            lambda a, b: a & b,
+            jax.tree.map(jnp.all, jax.tree.map(jnp.isfinite, new_state)),
+        )
+    )
+
+
+def test_a_step_into_nan_is_a_violation() -> None:
+    f = lambda p: jnp.where(p[0] < 0, jnp.nan, p[0] ** 2)  # noqa: E731
+    tx = lyapopt.lyapunov_guard(mode="skip")
+    updates, state = tx.update(-2 * X, tx.init(X), X, value_fn=f)
     np.testing.assert_array_equal(updates, 0.0)
     assert int(state.violations) == 1
 
