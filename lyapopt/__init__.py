@@ -9,6 +9,17 @@ from lyapopt import testing
 from lyapopt._alias import lyapunov_adam, lyapunov_sgd
 from lyapopt._curvature import CurvatureState, scale_by_curvature
 from lyapopt._diagnostics import hvp, segment_profile, sharpness
+from lyapopt._geometry import (
+    LevelSetComponents,
+    LossSlice,
+    PathChecks,
+    TrajectoryPCA,
+    filter_normalized_directions,
+    level_set_components,
+    loss_slice,
+    path_checks,
+    pca_directions,
+)
 from lyapopt._guard import GuardState, lyapunov_guard
 from lyapopt._level import LevelState, scale_by_level
 from lyapopt._modulation import ModulationState, scale_by_gradient_modulation
@@ -25,15 +36,24 @@ __version__ = "0.1.0"
 __all__ = [
     "CurvatureState",
     "GuardState",
+    "LevelSetComponents",
     "LevelState",
+    "LossSlice",
     "ModulationState",
+    "PathChecks",
     "ScaleByLearningRateState",
     "StabilizeState",
+    "TrajectoryPCA",
     "exponential_schedule",
+    "filter_normalized_directions",
     "hvp",
+    "level_set_components",
+    "loss_slice",
     "lyapunov_adam",
     "lyapunov_guard",
     "lyapunov_sgd",
+    "path_checks",
+    "pca_directions",
     "scale_by_curvature",
     "scale_by_gradient_modulation",
     "scale_by_learning_rate",
