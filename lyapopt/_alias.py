@@ -5,10 +5,25 @@ from __future__ import annotations
 import jax
 import optax
 
-from lyapopt._checks import check_number
+from lyapopt._checks import check_bool, check_number
 from lyapopt._modulation import scale_by_gradient_modulation
 from lyapopt._schedule import exponential_schedule, scale_by_learning_rate
 from lyapopt._stabilize import stabilize
+
+
+def _check_common(
+    where: str, learning_rate: optax.ScalarOrSchedule, curvature: bool
+) -> None:
+    if not callable(learning_rate):
+        check_number(
+            where,
+            "learning_rate",
+            learning_rate,
+            lower=0.0,
+            lower_open=True,
+            fix="Pass a positive number or an optax schedule.",
+        )
+    check_bool(where, "curvature", curvature)
 
 
 def _decayed(
@@ -78,6 +93,7 @@ def lyapunov_sgd(
       ``value_fn`` to its update when the cap, the level or the guard is on.
     """
     where = "lyapunov_sgd"
+    _check_common(where, learning_rate, curvature)
     if modulation is not None:
         check_number(
             where,
@@ -155,6 +171,21 @@ def lyapunov_adam(
       An ``optax.GradientTransformationExtraArgs``. Pass ``value`` and
       ``value_fn`` to its update when the cap, the level or the guard is on.
     """
+    where = "lyapunov_adam"
+    _check_common(where, learning_rate, curvature)
+    for name, beta in (("b1", b1), ("b2", b2)):
+        check_number(
+            where,
+            name,
+            beta,
+            lower=0.0,
+            upper=1.0,
+            upper_open=True,
+            fix="Pass a decay in [0, 1) such as 0.9 (b1) or 0.999 (b2).",
+        )
+    check_number(
+        where, "eps", eps, lower=0.0, fix="Pass a small positive number such as 1e-8."
+    )
     direction = optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         _decayed(learning_rate, decay_rate, steps_per_epoch),

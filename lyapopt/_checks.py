@@ -134,20 +134,23 @@ def require_value_fn(where: str, value_fn: Any) -> Callable[..., Any]:
     return value_fn
 
 
-def check_updates_match(where: str, updates: Any, params: Any) -> None:
-    """Raises ValueError when ``updates`` and ``params`` differ in structure."""
-    u_tree = jax.tree.structure(updates)
-    p_tree = jax.tree.structure(params)
-    if u_tree != p_tree:
+def check_like_params(where: str, name: str, tree: Any, params: Any) -> None:
+    """Raises unless ``tree`` matches ``params`` leaf for leaf, in shape.
+
+    Also refuses parameters that are not floating point, which no step can move.
+    """
+    t_def, p_def = jax.tree.structure(tree), jax.tree.structure(params)
+    if t_def != p_def:
         raise ValueError(
-            f"{where}: `updates` and `params` must have the same tree structure; "
-            f"got {u_tree} and {p_tree}. Pass the gradients of the same params."
+            f"{where}: `{name}` and `params` must have the same tree structure; "
+            f"got {t_def} and {p_def}. Pass a tree built from the same params, "
+            "e.g. their gradients."
         )
-    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
-        if jnp.shape(u) != jnp.shape(p):
+    for t, p in zip(jax.tree.leaves(tree), jax.tree.leaves(params), strict=True):
+        if jnp.shape(t) != jnp.shape(p):
             raise ValueError(
-                f"{where}: an update of shape {jnp.shape(u)} does not match its "
-                f"parameter of shape {jnp.shape(p)}."
+                f"{where}: a leaf of `{name}` has shape {jnp.shape(t)} where its "
+                f"parameter has shape {jnp.shape(p)}; they must match."
             )
     for p in jax.tree.leaves(params):
         if not jnp.issubdtype(jnp.result_type(p), jnp.inexact):
@@ -156,3 +159,26 @@ def check_updates_match(where: str, updates: Any, params: Any) -> None:
                 "a step can only move floating-point parameters. Cast it with "
                 "`.astype(jnp.float32)` or keep it out of the optimised tree."
             )
+
+
+def check_key(where: str, key: Any) -> None:
+    """Raises TypeError unless ``key`` is a ``jax.random`` key."""
+    is_typed = isinstance(key, jax.Array) and jnp.issubdtype(
+        key.dtype, jax.dtypes.prng_key
+    )
+    is_raw = (
+        isinstance(key, (jax.Array, np.ndarray))
+        and key.dtype == jnp.uint32
+        and key.shape == (2,)
+    )
+    if not (is_typed or is_raw):
+        raise TypeError(
+            f"{where}: `key` must be a jax.random key, got {key!r}. "
+            "Pass e.g. `key=jax.random.key(0)`."
+        )
+
+
+def check_bool(where: str, name: str, value: Any) -> None:
+    """Raises TypeError unless ``value`` is a Python bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: `{name}` must be True or False, got {value!r}.")

@@ -12,8 +12,8 @@ from optax._src import numerics
 
 from lyapopt import _line
 from lyapopt._checks import (
+    check_like_params,
     check_number,
-    check_updates_match,
     require_params,
     require_value_fn,
 )
@@ -144,7 +144,9 @@ def scale_by_curvature(
         del extra_args
         require_params(_WHERE, params)
         value_fn = require_value_fn(_WHERE, value_fn)
-        check_updates_match(_WHERE, updates, params)
+        check_like_params(_WHERE, "updates", updates, params)
+        if grad is not None:
+            check_like_params(_WHERE, "grad", grad, params)
         dtype = state.scale.dtype
         sq_norm = optax.tree.norm(optax.tree.cast(updates, dtype), squared=True)
 

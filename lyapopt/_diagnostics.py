@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from lyapopt import _line
-from lyapopt._checks import check_number
+from lyapopt._checks import check_key, check_like_params, check_number
 
 
 def hvp(value_fn: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
@@ -28,6 +28,7 @@ def hvp(value_fn: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
     Returns:
       ``H v``, a tree like ``params``.
     """
+    check_like_params("hvp", "v", v, params)
     return jax.jvp(jax.grad(value_fn), (params,), (v,))[1]
 
 
@@ -63,6 +64,7 @@ def sharpness(
         integer=True,
         fix="Pass a number of power iterations such as 20.",
     )
+    check_key("sharpness", key)
     dtype = _line.scalar_dtype(params)
 
     def normalised(v: Any) -> Any:
@@ -108,6 +110,7 @@ def segment_profile(
         integer=True,
         fix="Pass the number of points, ends included, such as 11.",
     )
+    check_like_params("segment_profile", "b", b, a)
     dtype = _line.scalar_dtype(a)
     ts = jnp.linspace(0.0, 1.0, num, dtype=dtype)
 

@@ -14,8 +14,8 @@ from optax._src import numerics
 from lyapopt import _line
 from lyapopt._checks import (
     check_choice,
+    check_like_params,
     check_number,
-    check_updates_match,
     require_params,
     require_value_fn,
 )
@@ -118,7 +118,7 @@ def lyapunov_guard(
         del extra_args
         require_params(_WHERE, params)
         value_fn = require_value_fn(_WHERE, value_fn)
-        check_updates_match(_WHERE, updates, params)
+        check_like_params(_WHERE, "updates", updates, params)
         dtype = state.scale.dtype
         if value is None:
             before = _line.value(_WHERE, value_fn, params, dtype)

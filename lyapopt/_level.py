@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lyapopt import _line
-from lyapopt._checks import check_number, check_updates_match, require_params
+from lyapopt._checks import check_like_params, check_number, require_params
 
 _WHERE = "scale_by_level"
 
@@ -83,8 +83,14 @@ def scale_by_level(
                     "`value_fn=lambda p: loss_fn(p, batch)` with `params`."
                 )
             require_params(_WHERE, params)
-            check_updates_match(_WHERE, updates, params)
+            check_like_params(_WHERE, "updates", updates, params)
         if grad is not None:
+            if jax.tree.structure(grad) != jax.tree.structure(updates):
+                raise ValueError(
+                    f"{_WHERE}: `grad` and `updates` must have the same tree "
+                    f"structure; got {jax.tree.structure(grad)} and "
+                    f"{jax.tree.structure(updates)}."
+                )
             slope = optax.tree.vdot(
                 optax.tree.cast(grad, dtype), optax.tree.cast(updates, dtype)
             ).astype(dtype)
