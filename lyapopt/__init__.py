@@ -9,6 +9,7 @@ from lyapopt import testing
 from lyapopt._alias import lyapunov_adam, lyapunov_sgd
 from lyapopt._curvature import CurvatureState, scale_by_curvature
 from lyapopt._diagnostics import hvp, segment_profile, sharpness
+from lyapopt._flax import apply_gradients, nnx_value_fn
 from lyapopt._geometry import (
     LevelSetComponents,
     LossSlice,
@@ -44,6 +45,7 @@ __all__ = [
     "ScaleByLearningRateState",
     "StabilizeState",
     "TrajectoryPCA",
+    "apply_gradients",
     "exponential_schedule",
     "filter_normalized_directions",
     "hvp",
@@ -52,6 +54,7 @@ __all__ = [
     "lyapunov_adam",
     "lyapunov_guard",
     "lyapunov_sgd",
+    "nnx_value_fn",
     "path_checks",
     "pca_directions",
     "scale_by_curvature",

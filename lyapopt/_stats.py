@@ -37,8 +37,14 @@ _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
 
 
 def _unwrap(x: Any) -> Any:
-    # nnx.Optimizer keeps its state leaves in nnx.Variable boxes.
-    return x.value if hasattr(x, "value") and not isinstance(x, jax.Array) else x
+    # nnx.Optimizer keeps its state leaves in nnx.Variable boxes; flax >= 0.12
+    # reads them with get_value() (`.value` is deprecated there).
+    if isinstance(x, jax.Array):
+        return x
+    get_value = getattr(x, "get_value", None)
+    if callable(get_value):
+        return get_value()
+    return x.value if hasattr(x, "value") else x
 
 
 def _states(tree: Any) -> Iterator[Any]:
