@@ -1,0 +1,139 @@
+"""The optimizers compared, and the lyapopt variants whose step cost is timed.
+
+Each entry builds an optax transformation from a learning rate (a traced
+array inside the vmapped sweep) and the run's length, and names the extra
+arguments its update needs: optax's line searches reject keywords they do not
+know, and Sophia needs ``obj_fn``, so the training loop passes each optimizer
+exactly what it asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import optax
+from optax import contrib
+
+import lyapopt
+
+LearningRate = float | jax.Array
+LEARNING_RATES = tuple(10.0**k for k in range(-4, 4))  # 1e-4 ... 1e3
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer of the benchmark.
+
+    ``default_lr`` is the learning rate used untuned (lyapopt's own defaults);
+    ``None`` marks a peer, whose learning rate is tuned over the sweep.
+    """
+
+    name: str
+    make: Callable[[LearningRate, int], optax.GradientTransformation]
+    extras: tuple[str, ...] = ()
+    default_lr: float | None = None
+
+    @property
+    def is_lyapopt(self) -> bool:
+        return self.default_lr is not None
+
+
+_LYAPOPT_EXTRAS = ("value", "value_fn")
+
+
+def _peers() -> tuple[Optimizer, ...]:
+    return (
+        Optimizer("optax.sgd", lambda lr, n: optax.sgd(lr, momentum=0.9)),
+        Optimizer(
+            "sgd+exponential_decay",
+            # Decays to a tenth over the run.
+            lambda lr, n: optax.sgd(
+                optax.exponential_decay(lr, transition_steps=n, decay_rate=0.1),
+                momentum=0.9,
+            ),
+        ),
+        Optimizer("optax.adam", lambda lr, n: optax.adam(lr)),
+        Optimizer("optax.adamw", lambda lr, n: optax.adamw(lr)),
+        Optimizer(
+            "optax.polyak_sgd",
+            lambda lr, n: optax.polyak_sgd(max_learning_rate=lr),
+            extras=("value",),
+        ),
+        Optimizer(
+            "sgd+backtracking_linesearch",
+            lambda lr, n: optax.chain(
+                optax.sgd(lr),
+                optax.scale_by_backtracking_linesearch(max_backtracking_steps=15),
+            ),
+            extras=("value", "grad", "value_fn"),
+        ),
+        Optimizer(
+            "contrib.sophia", lambda lr, n: contrib.sophia(lr), extras=("obj_fn",)
+        ),
+        Optimizer("contrib.prodigy", lambda lr, n: contrib.prodigy(lr)),
+    )
+
+
+def _ours() -> tuple[Optimizer, ...]:
+    sgd_lr, adam_lr = 1.0, 0.1  # the defaults of lyapunov_sgd and lyapunov_adam
+    return (
+        Optimizer(
+            "lyapunov_sgd",
+            lambda lr, n: lyapopt.lyapunov_sgd(lr),
+            _LYAPOPT_EXTRAS,
+            sgd_lr,
+        ),
+        Optimizer(
+            "lyapunov_sgd/every10",
+            lambda lr, n: lyapopt.lyapunov_sgd(lr, curvature_every=10),
+            _LYAPOPT_EXTRAS,
+            sgd_lr,
+        ),
+        Optimizer(
+            "lyapunov_adam",
+            lambda lr, n: lyapopt.lyapunov_adam(lr),
+            _LYAPOPT_EXTRAS,
+            adam_lr,
+        ),
+        Optimizer(
+            "lyapunov_adam/every10",
+            lambda lr, n: lyapopt.lyapunov_adam(lr, curvature_every=10),
+            _LYAPOPT_EXTRAS,
+            adam_lr,
+        ),
+    )
+
+
+OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (*_peers(), *_ours())}
+
+# The pieces of the stabilised step that are not optimizers of the sweep,
+# timed at lyapopt's default rates against optax.sgd and optax.adam. The
+# other pieces are in OPTIMIZERS: the defaults (the cap every step and the
+# guard) and the every10 variants (the cap every 10 steps and the guard).
+_PIECES = {
+    "first-order": {"curvature": False, "guard": None},
+    "cap alone": {"guard": None},
+    "guard alone": {"curvature": False},
+}
+
+
+def _components() -> tuple[Optimizer, ...]:
+    out = []
+    for base in ("lyapunov_sgd", "lyapunov_adam"):
+        ours = OPTIMIZERS[base]
+        factory = getattr(lyapopt, base)
+        for piece, kwargs in _PIECES.items():
+            out.append(
+                Optimizer(
+                    f"{base} {piece}",
+                    lambda lr, n, f=factory, k=kwargs: f(lr, **k),
+                    ours.extras if kwargs != _PIECES["first-order"] else (),
+                    ours.default_lr,
+                )
+            )
+    return tuple(out)
+
+
+COMPONENTS: dict[str, Optimizer] = {o.name: o for o in _components()}

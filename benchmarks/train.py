@@ -1,0 +1,337 @@
+"""The one training loop of the suite, and the timing of its step.
+
+A run is a *lane*: one optimizer at one learning rate from one seed. Each
+optimizer gets one jitted function per task, ``run``, that takes ``chunk``
+steps in a ``lax.scan`` with the learning rate as a traced argument; the
+sweep, the seeds and the timing all call that one compiled function, so
+every optimizer compiles once per task.
+
+Lanes run one after the other, not under ``jax.vmap``: under ``vmap`` a
+``lax.cond`` with a per-lane predicate runs both branches and a
+``while_loop`` runs until every lane is done, which would make the
+curvature-every-10 variants measure every step and every lane pay for the
+slowest line search.
+
+XLA:CPU runs the backward pass of a convolution inside a loop body (a
+``scan``, a ``while_loop``, a ``cond`` branch) about 20x slower than at the
+top level, so the CNN task takes one step per call (``Task.chunk = 1``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from benchmarks.optimizers import LearningRate, Optimizer
+from benchmarks.tasks import Task
+
+Params = Any
+Arrays = dict[str, jax.Array]
+
+
+class Problem:
+    """A task's data on the device and its model as a pure function."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        d = task.load()
+        self.data: Arrays = {
+            "x_train": jnp.asarray(d.x_train),
+            "y_train": jnp.asarray(d.y_train),
+            "x_test": jnp.asarray(d.x_test),
+            "y_test": jnp.asarray(d.y_test),
+            "train_eval": jnp.asarray(d.train_eval),
+        }
+        self.num_train = len(d.x_train)
+        self.graphdef, _ = nnx.split(task.make_model(nnx.Rngs(0)), nnx.Param)
+
+        self._evaluate = jax.jit(self.evaluate)
+
+    def evaluate_jit(self, params: Params) -> Arrays:
+        return self._evaluate(self.data, params)
+
+    def init_params(self, seed: int) -> Params:
+        return nnx.split(self.task.make_model(nnx.Rngs(seed)), nnx.Param)[1]
+
+    def num_params(self) -> int:
+        return sum(x.size for x in jax.tree.leaves(self.init_params(0)))
+
+    def logits(self, params: Params, x: jax.Array) -> jax.Array:
+        return nnx.merge(self.graphdef, params)(x)
+
+    def loss(self, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+        """Mean softmax cross-entropy (nats) over every prediction."""
+        logits = self.logits(params, x).astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            logits, y.astype(jnp.int32)
+        )
+        return ce.mean()
+
+    def batch(self, data: Arrays, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.task.batch_size is None:
+            return data["x_train"], data["y_train"]
+        return data["x_train"][idx], data["y_train"][idx]
+
+    def indices(self, seed: int, steps: int) -> np.ndarray:
+        """The rows of each step's batch: epochs of shuffled, full batches."""
+        size = self.task.batch_size
+        if size is None:
+            return np.zeros((steps, 0), np.int32)
+        rng = np.random.default_rng(1000 + seed)
+        per_epoch = self.num_train // size
+        epochs = -(-steps // per_epoch)
+        rows = [
+            rng.permutation(self.num_train)[: per_epoch * size] for _ in range(epochs)
+        ]
+        return np.concatenate(rows).reshape(-1, size)[:steps].astype(np.int32)
+
+    def evaluate(self, data: Arrays, params: Params) -> Arrays:
+        """Train loss (on ``train_eval``), test loss and the task's metric."""
+        rows = data["train_eval"]
+        train_loss = self.loss(params, data["x_train"][rows], data["y_train"][rows])
+        logits = self.logits(params, data["x_test"]).astype(jnp.float32)
+        y = data["y_test"].astype(jnp.int32)
+        test_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        if self.task.metric == "accuracy":
+            metric = jnp.mean(jnp.argmax(logits, -1) == y)
+        else:
+            metric = test_loss / jnp.log(2.0)
+        return {"train_loss": train_loss, "test_loss": test_loss, "metric": metric}
+
+
+class Runner:
+    """An optimizer on a problem: ``init`` and ``run``, each jitted once.
+
+    ``run(params, state, lr, idx)`` takes ``len(idx)`` steps in one
+    ``lax.scan`` and returns the new parameters and state and the batch loss
+    before each step.
+    """
+
+    def __init__(self, problem: Problem, opt: Optimizer) -> None:
+        self.problem, self.opt = problem, opt
+        # The run's length only sets the decay of sgd+exponential_decay.
+        total = problem.task.steps
+        unroll = problem.task.steps_per_call == 1
+
+        def init(params: Params, lr: LearningRate) -> Any:
+            return opt.make(lr, total).init(params)
+
+        def run(
+            data: Arrays, params: Params, state: Any, lr: LearningRate, idx: jax.Array
+        ) -> tuple[Params, Any, jax.Array]:
+            tx = opt.make(lr, total)
+
+            def step(
+                carry: tuple[Params, Any], rows: jax.Array
+            ) -> tuple[Any, jax.Array]:
+                params, state = carry
+                x, y = problem.batch(data, rows)
+
+                def value_fn(p: Params) -> jax.Array:
+                    return problem.loss(p, x, y)
+
+                value, grads = jax.value_and_grad(value_fn)(params)
+                offered = {
+                    "value": value,
+                    "grad": grads,
+                    "value_fn": value_fn,
+                    "obj_fn": value_fn,
+                }
+                extra = {k: offered[k] for k in opt.extras}
+                updates, state = tx.update(grads, state, params, **extra)
+                return (optax.apply_updates(params, updates), state), value
+
+            (params, state), values = jax.lax.scan(
+                step, (params, state), idx, unroll=unroll
+            )
+            return params, state, values
+
+        self._init = jax.jit(init)
+        self._run = jax.jit(run)
+
+    def init(self, seed: int, lr: float) -> tuple[Params, Any, jax.Array]:
+        params = self.problem.init_params(seed)
+        lr = jnp.asarray(lr, jnp.float32)
+        return params, self._init(params, lr), lr
+
+    def run(
+        self, params: Params, state: Any, lr: jax.Array, idx: np.ndarray
+    ) -> tuple[Params, Any, jax.Array]:
+        """``len(idx)`` steps, ``task.steps_per_call`` per call; waits for the result."""
+        values, chunk = [], self.problem.task.steps_per_call
+        for start in range(0, len(idx), chunk):
+            rows = jnp.asarray(idx[start : start + chunk])
+            params, state, v = self._run(self.problem.data, params, state, lr, rows)
+            values.append(v)
+        return params, state, jax.block_until_ready(jnp.concatenate(values))
+
+
+@dataclass
+class Lane:
+    """The record of one run: one optimizer, learning rate and seed."""
+
+    learning_rate: float
+    seed: int
+    eval_steps: list[int]
+    train_loss: list[float]
+    test_loss: list[float]
+    metric: list[float]
+    batch_values: np.ndarray  # the batch loss before each step
+
+    @property
+    def increases(self) -> int:
+        """How often the loss went up from one step to the next (the batch
+        loss before each step, then the final train loss)."""
+        seq = np.append(self.batch_values, self.train_loss[-1])
+        seq = np.nan_to_num(seq, nan=np.inf)
+        with np.errstate(invalid="ignore"):
+            return int(np.sum(np.diff(seq) > 0))
+
+    @property
+    def diverged(self) -> bool:
+        """A non-finite final train loss, or one above the initial."""
+        final = self.train_loss[-1]
+        return not math.isfinite(final) or final > self.train_loss[0]
+
+
+def train(
+    runner: Runner,
+    lr: float,
+    seed: int,
+    steps: int,
+    *,
+    on_steps: Callable[[int], None] = lambda n: None,
+) -> Lane:
+    """One run of ``steps`` steps, evaluated every ``task.eval_every`` steps."""
+    problem = runner.problem
+    every = min(problem.task.eval_every, steps)
+    idx = problem.indices(seed, steps)
+    params, state, lr_arg = runner.init(seed, lr)
+    evals, values, eval_steps = [problem.evaluate_jit(params)], [], [0]
+    for start in range(0, steps, every):
+        rows = idx[start : start + every]
+        params, state, v = runner.run(params, state, lr_arg, rows)
+        values.append(v)
+        evals.append(problem.evaluate_jit(params))
+        eval_steps.append(start + len(rows))
+        on_steps(len(rows))
+    evals = jax.device_get(evals)
+    return Lane(
+        learning_rate=lr,
+        seed=seed,
+        eval_steps=eval_steps,
+        train_loss=[float(e["train_loss"]) for e in evals],
+        test_loss=[float(e["test_loss"]) for e in evals],
+        metric=[float(e["metric"]) for e in evals],
+        batch_values=np.asarray(jax.device_get(jnp.concatenate(values)), np.float64),
+    )
+
+
+# --- cost per step ------------------------------------------------------------
+
+CHUNK = 10  # steps per timed call: one period of curvature_every=10
+
+
+def time_steps(
+    entries: dict[str, tuple[Runner, float]],
+    rounds: int,
+    *,
+    on_round: Callable[[], None] = lambda: None,
+) -> dict[str, dict[str, float]]:
+    """Seconds per step of each ``(runner, learning rate)``, interleaved.
+
+    Every round times at least ``CHUNK`` steps of each entry (after one untimed
+    round that compiles and warms up), in an order rotated from round to
+    round, so that a slow spell of the shared machine hits every entry
+    alike. The parameters keep training from round to round: a guard's
+    backtracking and a line search's trials depend on where training is.
+    Returns the median and quartiles per step over the rounds.
+    """
+    problem = next(iter(entries.values()))[0].problem
+    chunk = problem.task.steps_per_call
+    per_round = chunk * -(-CHUNK // chunk)
+    idx = problem.indices(0, (rounds + 1) * per_round)
+    carries = {name: runner.init(0, lr) for name, (runner, lr) in entries.items()}
+    times: dict[str, list[float]] = {name: [] for name in entries}
+    names = list(entries)
+    for r in range(rounds + 1):
+        rows = idx[r * per_round : (r + 1) * per_round]
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            params, state, lr = carries[name]
+            start = time.perf_counter()
+            params, state, _ = entries[name][0].run(params, state, lr, rows)
+            if r > 0:
+                times[name].append((time.perf_counter() - start) / per_round)
+            carries[name] = (params, state, lr)
+        on_round()
+    return {name: _summary(t) for name, t in times.items()}
+
+
+def _summary(seconds: list[float]) -> dict[str, float]:
+    q1, med, q3 = np.percentile(seconds, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "n": len(seconds)}
+
+
+def line_derivatives(
+    value_fn: Callable[[Params], jax.Array], params: Params, u: Params
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(V, g.u, u.Hu)`` by forward-over-forward differentiation of the line
+    ``s -> V(params + s u)`` (the construction of ``lyapopt``'s curvature cap)."""
+
+    def phi(s: jax.Array) -> jax.Array:
+        return value_fn(jax.tree.map(lambda p, d: p + s * d, params, u))
+
+    def phi_and_slope(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jax.jvp(phi, (s,), (jnp.ones([]),))
+
+    (v, gu), (_, uhu) = jax.jvp(phi_and_slope, (jnp.zeros([]),), (jnp.ones([]),))
+    return v, gu, uhu
+
+
+def time_derivatives(
+    problem: Problem, rounds: int, *, on_round: Callable[[], None] = lambda: None
+) -> dict[str, dict[str, float]]:
+    """Seconds of a forward pass, a ``value_and_grad``, ``(g.u, u.Hu)`` by
+    forward-over-forward, and a full HVP (forward-over-reverse), on one
+    training batch, interleaved over ``rounds`` rounds of ``CHUNK`` calls."""
+    params = problem.init_params(0)
+    x, y = problem.batch(problem.data, jnp.asarray(problem.indices(0, 1)[0]))
+    u = jax.grad(problem.loss)(params, x, y)
+
+    def line(p: Params, u: Params, x: jax.Array, y: jax.Array) -> Any:
+        return line_derivatives(lambda q: problem.loss(q, x, y), p, u)
+
+    def hvp(p: Params, u: Params, x: jax.Array, y: jax.Array) -> Any:
+        return jax.jvp(lambda q: jax.grad(problem.loss)(q, x, y), (p,), (u,))
+
+    # Everything is an argument: with constants XLA could fold the work away.
+    fns = {
+        "forward": lambda p, u, x, y: problem.loss(p, x, y),
+        "value_and_grad": lambda p, u, x, y: jax.value_and_grad(problem.loss)(p, x, y),
+        "g.u and u.Hu (forward-over-forward)": line,
+        "full HVP (forward-over-reverse)": hvp,
+    }
+    jitted = {name: jax.jit(f) for name, f in fns.items()}
+    args = (params, u, x, y)
+    for f in jitted.values():
+        jax.block_until_ready(f(*args))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(CHUNK):
+                out = jitted[name](*args)
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - start) / CHUNK)
+        on_round()
+    return {name: _summary(t) for name, t in times.items()}

@@ -1,0 +1,76 @@
+"""The benchmark suite's smoke test: python -m benchmarks --quick."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import cli, report
+from benchmarks.optimizers import COMPONENTS, LEARNING_RATES, OPTIMIZERS
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("benchmarks")
+    cli.main(["--quick", "--out", str(out)])
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_quick_run_sweeps_every_optimizer_at_every_rate(quick: tuple) -> None:
+    results, _ = quick
+    task = results["tasks"]["mlp_full"]
+    assert set(task["sweep"]) == set(OPTIMIZERS)
+    for name, runs in task["sweep"].items():
+        assert sorted({r["learning_rate"] for r in runs}) == list(LEARNING_RATES), name
+
+
+def test_quick_run_times_every_optimizer_and_every_piece(quick: tuple) -> None:
+    results, _ = quick
+    cost = results["tasks"]["mlp_full"]["cost"]
+    assert set(cost["per_step"]) == set(OPTIMIZERS) | set(COMPONENTS)
+    for name, t in cost["per_step"].items():
+        assert 0 < t["q1"] <= t["median"] <= t["q3"], name
+    assert len(cost["derivatives"]) == 4
+
+
+def test_lyapopt_optimizers_never_diverge_nor_raise_the_full_batch_loss(
+    quick: tuple,
+) -> None:
+    results, _ = quick
+    sweep = results["tasks"]["mlp_full"]["sweep"]
+    ours = [name for name in sweep if OPTIMIZERS[name].is_lyapopt]
+    assert len(ours) == 4
+    for name in ours:
+        for run in sweep[name]:
+            assert not run["diverged"], (name, run["learning_rate"])
+            assert run["loss_increases"] == 0, (name, run["learning_rate"])
+    # The sweep is wide enough to make plain Adam diverge: the check has teeth.
+    assert any(r["diverged"] for r in sweep["optax.adam"])
+
+
+def test_quality_runs_have_every_seed_at_the_chosen_rate(quick: tuple) -> None:
+    results, _ = quick
+    task = results["tasks"]["mlp_full"]
+    seeds = task["settings"]["quality_seeds"]
+    for name, q in task["quality"].items():
+        assert sorted(r["seed"] for r in q["runs"]) == list(range(seeds)), name
+        lr = task["chosen_lr"][name]
+        assert all(r["learning_rate"] == lr for r in q["runs"]), name
+        if OPTIMIZERS[name].is_lyapopt:
+            assert lr == OPTIMIZERS[name].default_lr
+
+
+def test_quick_run_writes_the_report_and_the_plots(quick: tuple) -> None:
+    results, out = quick
+    md = (out / "RESULTS.md").read_text()
+    assert report.BEGIN in md and report.END in md
+    assert len(results["targets"]) == 6
+    for t in results["targets"]:
+        assert t["target"] in md
+    for png in ("cost_per_step.png", "curves_mlp_full.png", "sweep_mlp_full.png"):
+        assert (out / png).read_bytes()[:8] == PNG, png
