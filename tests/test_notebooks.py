@@ -2,7 +2,7 @@
 
 Each notebook is executed in memory with nbclient in a fresh kernel, so the
 committed outputs are never rewritten by a test run. Rewrite them on purpose
-with ``jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb``.
+with ``jupyter execute --inplace notebooks/*.ipynb`` (nbclient's command).
 """
 
 from __future__ import annotations
