@@ -174,7 +174,8 @@ def test_accumulating_in_one_step_guards_the_whole_batch() -> None:
     @jax.jit
     def step(p: dict, s: Any) -> tuple:
         def value_fn(q: dict) -> jax.Array:
-            return jax.lax.map(lambda b: digits.loss_fn(q, b), micro).mean()
+            per_micro_batch = jax.checkpoint(lambda b: digits.loss_fn(q, b))
+            return jax.lax.map(per_micro_batch, micro).mean()
 
         value, grads = jax.value_and_grad(value_fn)(p)
         updates, s = tx.update(grads, s, p, value=value, value_fn=value_fn)
