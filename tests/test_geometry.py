@@ -197,6 +197,18 @@ def test_pca_of_a_straight_run_is_one_direction_pointing_back_to_the_start() -> 
     np.testing.assert_allclose(got.coordinates[:, 1], 0.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("mirror", [1.0, -1.0])
+def test_pca_signs_each_direction_so_its_largest_coordinate_is_positive(
+    mirror: float,
+) -> None:
+    t = jnp.linspace(0.0, 1.0, 7)[:, None]
+    u, v = jnp.eye(6)[1], jnp.eye(6)[4]
+    flat = mirror * (3.0 * (1 - t) * u - 2.0 * t * (1 - t) * v)
+    coordinates = lyapopt.pca_directions(_tree(flat)).coordinates
+    largest = coordinates[jnp.argmax(jnp.abs(coordinates), axis=0), jnp.arange(2)]
+    assert bool(jnp.all(largest > 0)), coordinates
+
+
 def test_pca_refuses_a_list_of_snapshots() -> None:
     with pytest.raises(ValueError, match=r"pca_directions: `trajectory` must be"):
         lyapopt.pca_directions([jnp.zeros(3), jnp.ones(2)])
