@@ -69,6 +69,11 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     dropped by :func:`lyapopt.stabilize`). A name that occurs twice gets a
     suffix, ``_1`` and so on, in the order of the state.
 
+    With a ``learning_rate``, ``step_size`` is the factor the last step
+    actually applied to the direction: the learning rate times every scale
+    present (``modulation``, ``curvature_scale``, ``level_scale``,
+    ``guard_scale``). For ``lyapunov_sgd`` it multiplies the gradient.
+
     It only reads the state, so it runs inside a jitted step: return the
     dict with the new state and log it with no extra host round trip.
 
@@ -86,4 +91,19 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
                 n += 1
                 key = f"{name}_{n}"
             out[key] = _unwrap(getattr(state, field))
+    if "learning_rate" in out:
+        factors = (
+            "learning_rate",
+            "modulation",
+            "curvature_scale",
+            "level_scale",
+            "guard_scale",
+        )
+        step_size = out["learning_rate"].astype(
+            out.get("curvature_scale", out["learning_rate"]).dtype
+        )
+        for name in factors[1:]:
+            if name in out:
+                step_size = step_size * out[name]
+        out["step_size"] = step_size
     return out

@@ -25,7 +25,7 @@ def test_lyapunov_sgd_reports_every_stage() -> None:
     assert set(got) == {
         "nonfinite_steps", "modulation", "update_norm", "learning_rate", "curvature",
         "s_star", "curvature_scale", "value_before", "value_after", "guard_scale",
-        "backtracks", "violations", "nonfinite_values",
+        "backtracks", "violations", "nonfinite_values", "step_size",
     }  # fmt: skip
     np.testing.assert_allclose(
         got["modulation"], 1 / (1 + jnp.linalg.norm(g)), rtol=1e-6
@@ -36,6 +36,16 @@ def test_lyapunov_sgd_reports_every_stage() -> None:
     )
     np.testing.assert_allclose(got["value_before"], LOSS(X))
     assert float(got["value_after"]) < float(got["value_before"])
+
+
+def test_step_size_is_the_factor_the_gradient_was_moved_by() -> None:
+    tx = lyapopt.lyapunov_sgd(10.0)  # large: the cap and the guard both act
+    new, state, _ = jax.jit(make_step(tx, LOSS))(X, tx.init(X))
+    got = lyapopt.stats(state)
+    assert float(got["curvature_scale"]) < 1.0
+    np.testing.assert_allclose(
+        new, X - got["step_size"] * jax.grad(LOSS)(X), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_found_inside_wrappers_and_duplicates_are_numbered() -> None:
