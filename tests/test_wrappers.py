@@ -157,10 +157,10 @@ def test_multisteps_pays_the_cap_and_the_guard_on_every_mini_step() -> None:
 
     single = evaluations_per_call(factory())
     mini = evaluations_per_call(optax.MultiSteps(factory(), every_k_schedule=2))
-    # The curvature's forward-over-forward pass and the guard's forward pass
-    # (no backtracking from PARAMS) ...
-    assert single == [2, 2]
-    # ... also on the mini-step whose update MultiSteps then throws away.
+    # At least the curvature's forward-over-forward pass and the guard's
+    # forward pass (2 today: no backtracking from PARAMS) ...
+    assert single[0] >= 2 and single[1] == single[0]
+    # ... and as many on the mini-step whose update MultiSteps throws away.
     assert mini == single
 
 
