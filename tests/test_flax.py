@@ -104,6 +104,29 @@ def test_nnx_training_decreases_the_loss_where_adam_diverges() -> None:
     assert max(adam[1:]) > adam[0]  # the same rate without lyapopt goes up
 
 
+def test_nnx_wrt_filter_trains_part_of_the_model_with_the_rest_in_value_fn() -> None:
+    # NNX's own answer to optax.masked: the optimizer sees only `wrt`, and
+    # nnx_value_fn puts the frozen rest back into the model.
+    wrt = nnx.All(nnx.Param, nnx.PathContains("l2"))
+    model = MLP(nnx.Rngs(0))
+    frozen = nnx.to_pure_dict(nnx.state(model, nnx.Param))["l1"]
+    optimizer = nnx.Optimizer(model, lyapopt.lyapunov_adam(10.0), wrt=wrt)
+
+    @nnx.jit
+    def train_step(model: MLP, optimizer: nnx.Optimizer) -> jax.Array:
+        value_fn = lyapopt.nnx_value_fn(model, nnx_loss, X, Y, wrt=wrt)
+        grad_fn = nnx.value_and_grad(nnx_loss, argnums=nnx.DiffState(0, wrt))
+        loss, grads = grad_fn(model, X, Y)
+        optimizer.update(model, grads, value=loss, value_fn=value_fn)
+        return loss
+
+    losses = [float(train_step(model, optimizer)) for _ in range(STEPS)]
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert losses[-1] < 0.7 * losses[0]
+    trained = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, trained["l1"], frozen)
+
+
 def test_value_fn_built_before_the_gradient_sees_the_same_dropout_mask() -> None:
     @nnx.jit
     def losses(model: MLP) -> tuple[jax.Array, ...]:
