@@ -108,32 +108,39 @@ def _ours() -> tuple[Optimizer, ...]:
 
 OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (*_peers(), *_ours())}
 
+
 # The pieces of the stabilised step that are not optimizers of the sweep,
 # timed at lyapopt's default rates against optax.sgd and optax.adam. The
 # other pieces are in OPTIMIZERS: the defaults (the cap every step and the
 # guard) and the every10 variants (the cap every 10 steps and the guard).
-_PIECES = {
-    "first-order": {"curvature": False, "guard": None},
-    "cap alone": {"guard": None},
-    "guard alone": {"curvature": False},
-}
-
-
 def _components() -> tuple[Optimizer, ...]:
-    out = []
-    for base in ("lyapunov_sgd", "lyapunov_adam"):
-        ours = OPTIMIZERS[base]
-        factory = getattr(lyapopt, base)
-        for piece, kwargs in _PIECES.items():
-            out.append(
-                Optimizer(
-                    f"{base} {piece}",
-                    lambda lr, n, f=factory, k=kwargs: f(lr, **k),
-                    ours.extras if kwargs != _PIECES["first-order"] else (),
-                    ours.default_lr,
-                )
-            )
-    return tuple(out)
+    sgd, adam = OPTIMIZERS["lyapunov_sgd"], OPTIMIZERS["lyapunov_adam"]
+    return (
+        Optimizer(
+            "lyapunov_sgd first-order",
+            lambda lr, n: lyapopt.lyapunov_sgd(lr, curvature=False, guard=None),
+            (),
+            sgd.default_lr,
+        ),
+        Optimizer(
+            "lyapunov_adam first-order",
+            lambda lr, n: lyapopt.lyapunov_adam(lr, curvature=False, guard=None),
+            (),
+            adam.default_lr,
+        ),
+        Optimizer(
+            "lyapunov_adam cap alone",
+            lambda lr, n: lyapopt.lyapunov_adam(lr, guard=None),
+            adam.extras,
+            adam.default_lr,
+        ),
+        Optimizer(
+            "lyapunov_adam guard alone",
+            lambda lr, n: lyapopt.lyapunov_adam(lr, curvature=False),
+            adam.extras,
+            adam.default_lr,
+        ),
+    )
 
 
 COMPONENTS: dict[str, Optimizer] = {o.name: o for o in _components()}

@@ -254,6 +254,7 @@ TASKS: dict[str, Task] = {
             target=0.95,
             steps=300,
             eval_every=10,
+            sweep_seeds=1,
         ),
         Task(
             name="mlp_minibatch",
@@ -277,6 +278,7 @@ TASKS: dict[str, Task] = {
             eval_every=1257 // 64,
             batch_size=64,
             chunk=1,
+            sweep_seeds=1,
         ),
         Task(
             name="transformer_lm",
@@ -285,11 +287,12 @@ TASKS: dict[str, Task] = {
             load=_stdlib_lm,
             metric="bits_per_byte",
             target=3.5,
-            steps=150,
-            eval_every=30,
+            steps=120,
+            eval_every=20,
             batch_size=8,
+            chunk=10,
             sweep_seeds=1,
-            sweep_steps=30,
+            sweep_steps=20,
             timing_rounds=5,
         ),
     )

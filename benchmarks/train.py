@@ -120,7 +120,7 @@ class Runner:
         self.problem, self.opt = problem, opt
         # The run's length only sets the decay of sgd+exponential_decay.
         total = problem.task.steps
-        unroll = problem.task.steps_per_call == 1
+        one_step = problem.task.steps_per_call == 1
 
         def init(params: Params, lr: LearningRate) -> Any:
             return opt.make(lr, total).init(params)
@@ -150,9 +150,10 @@ class Runner:
                 updates, state = tx.update(grads, state, params, **extra)
                 return (optax.apply_updates(params, updates), state), value
 
-            (params, state), values = jax.lax.scan(
-                step, (params, state), idx, unroll=unroll
-            )
+            if one_step:  # no loop at all: see the module's docstring
+                (params, state), value = step((params, state), idx[0])
+                return params, state, value[None]
+            (params, state), values = jax.lax.scan(step, (params, state), idx)
             return params, state, values
 
         self._init = jax.jit(init)
@@ -238,7 +239,8 @@ def train(
 
 # --- cost per step ------------------------------------------------------------
 
-CHUNK = 10  # steps per timed call: one period of curvature_every=10
+CHUNK = 10  # steps per timed call at least: one period of curvature_every=10
+MIN_SECONDS = 0.04  # and at least this long
 
 
 def time_steps(
@@ -249,31 +251,45 @@ def time_steps(
 ) -> dict[str, dict[str, float]]:
     """Seconds per step of each ``(runner, learning rate)``, interleaved.
 
-    Every round times at least ``CHUNK`` steps of each entry (after one untimed
-    round that compiles and warms up), in an order rotated from round to
-    round, so that a slow spell of the shared machine hits every entry
-    alike. The parameters keep training from round to round: a guard's
-    backtracking and a line search's trials depend on where training is.
-    Returns the median and quartiles per step over the rounds.
+    Each measurement is a whole number of calls of ``run``, at least
+    ``CHUNK`` steps and at least ``MIN_SECONDS`` of the first entry's step
+    (the dispatch of a call, ~0.1 ms, must not decide a ratio on a small
+    model). After one untimed round that compiles and warms up, every round
+    measures every entry once, in an order rotated from round to round so
+    that a slow spell of the shared machine hits every entry alike. The
+    parameters keep training from round to round: a guard's backtracking
+    and a line search's trials depend on where training is. Returns the
+    median and quartiles per step over the rounds.
     """
-    problem = next(iter(entries.values()))[0].problem
-    chunk = problem.task.steps_per_call
-    per_round = chunk * -(-CHUNK // chunk)
-    idx = problem.indices(0, (rounds + 1) * per_round)
+    first = next(iter(entries.values()))[0]
+    call = first.problem.task.steps_per_call
+    steps = call * -(-CHUNK // call)
     carries = {name: runner.init(0, lr) for name, (runner, lr) in entries.items()}
-    times: dict[str, list[float]] = {name: [] for name in entries}
     names = list(entries)
-    for r in range(rounds + 1):
-        rows = idx[r * per_round : (r + 1) * per_round]
+
+    def measure(name: str, rows: np.ndarray) -> float:
+        params, state, lr = carries[name]
+        start = time.perf_counter()
+        params, state, _ = entries[name][0].run(params, state, lr, rows)
+        carries[name] = (params, state, lr)
+        return (time.perf_counter() - start) / len(rows)
+
+    warm = first.problem.indices(0, steps)
+    for name in names:
+        measure(name, warm)
+    per_step = measure(names[0], warm)
+    steps *= max(1, math.ceil(MIN_SECONDS / (per_step * steps)))
+    idx = first.problem.indices(1, rounds * steps)
+    times: dict[str, list[float]] = {name: [] for name in entries}
+    on_round()
+    for r in range(rounds):
+        rows = idx[r * steps : (r + 1) * steps]
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            params, state, lr = carries[name]
-            start = time.perf_counter()
-            params, state, _ = entries[name][0].run(params, state, lr, rows)
-            if r > 0:
-                times[name].append((time.perf_counter() - start) / per_round)
-            carries[name] = (params, state, lr)
+            times[name].append(measure(name, rows))
         on_round()
-    return {name: _summary(t) for name, t in times.items()}
+    return {
+        name: _summary(t) | {"steps_per_measure": steps} for name, t in times.items()
+    }
 
 
 def _summary(seconds: list[float]) -> dict[str, float]:
@@ -302,7 +318,8 @@ def time_derivatives(
 ) -> dict[str, dict[str, float]]:
     """Seconds of a forward pass, a ``value_and_grad``, ``(g.u, u.Hu)`` by
     forward-over-forward, and a full HVP (forward-over-reverse), on one
-    training batch, interleaved over ``rounds`` rounds of ``CHUNK`` calls."""
+    training batch, interleaved over ``rounds`` rounds of at least ``CHUNK``
+    calls and ``MIN_SECONDS`` each."""
     params = problem.init_params(0)
     x, y = problem.batch(problem.data, jnp.asarray(problem.indices(0, 1)[0]))
     u = jax.grad(problem.loss)(params, x, y)
@@ -322,16 +339,21 @@ def time_derivatives(
     }
     jitted = {name: jax.jit(f) for name, f in fns.items()}
     args = (params, u, x, y)
-    for f in jitted.values():
-        jax.block_until_ready(f(*args))
+
+    def measure(name: str, calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = jitted[name](*args)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - start) / calls
+
+    for name in fns:
+        measure(name, 1)
+    calls = max(CHUNK, math.ceil(MIN_SECONDS / measure("value_and_grad", CHUNK)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            for _ in range(CHUNK):
-                out = jitted[name](*args)
-            jax.block_until_ready(out)
-            times[name].append((time.perf_counter() - start) / CHUNK)
+            times[name].append(measure(name, calls))
         on_round()
     return {name: _summary(t) for name, t in times.items()}
