@@ -55,8 +55,12 @@ def stabilize(
     4. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
        the loss (``guard`` is its mode; ``None`` turns it off).
 
-    The raw gradient reaches stages 2 and 3 as their ``grad`` extra argument,
-    so ``g.u`` is a dot product there, never another pass over the data.
+    The gradient reaches stages 2 and 3 as their ``grad`` extra argument, so
+    ``g.u`` is a dot product there, never another pass over the data (the
+    level cap's slope, and the cap's between curvature measurements). That
+    is the incoming ``updates``: place ``stabilize`` first in a chain, or,
+    behind a transform that changes the gradient (``optax.clip_by_global_norm``,
+    ``optax.add_decayed_weights``), pass the raw gradient as ``grad=grads``.
 
     Args:
       tx: the optax optimizer to stabilise.
@@ -106,7 +110,10 @@ def stabilize(
         updates, inner_state = inner.update(
             grads, state.inner_state, params, **extra_args
         )
-        extra_args = {**extra_args, "grad": grads}
+        # The stages' g.u is a dot product with the gradient of value_fn's loss:
+        # the raw gradient, unless a transform before this one changed it
+        # (a clip, weight decay); then the caller passes it as `grad`.
+        extra_args = {"grad": grads, **extra_args}
         new_states = []
         for stage, stage_state in zip(stages, state[1:], strict=True):
             updates, stage_state = stage.update(

@@ -88,3 +88,21 @@ def test_tx_must_be_a_gradient_transformation() -> None:
         TypeError, match=r"stabilize: `tx` must be an optax GradientTransformation"
     ):
         lyapopt.stabilize(optax.adam)  # type: ignore[arg-type]
+
+
+def test_behind_a_clip_a_passed_grad_keeps_the_level_cap_exact() -> None:
+    loss_fn = quadratic([1.0, 1.0])  # V = 1/2 ||x||^2, g = x
+    x = jnp.array([30.0, 40.0])  # V = 1250, ||g|| = 50
+    tx = optax.chain(
+        optax.clip_by_global_norm(5.0),
+        lyapopt.stabilize(optax.sgd(100.0), safety=None, level=0.0, guard=None),
+    )
+    g = jax.grad(loss_fn)(x)
+    u_clipped = -100.0 * g / 10.0  # sgd(100) on the gradient clipped to norm 5
+    exact = float(loss_fn(x)) / float(-(g @ u_clipped))  # (V - 0) / (-g.u) = 0.125
+    kwargs = {"value": loss_fn(x), "value_fn": loss_fn}
+    _, with_grad = tx.update(g, tx.init(x), x, grad=g, **kwargs)
+    _, without = tx.update(g, tx.init(x), x, **kwargs)
+    np.testing.assert_allclose(lyapopt.stats(with_grad)["s_level"], exact, rtol=1e-6)
+    # Without it the clipped gradient stands in for g: off by the clip's 10x.
+    np.testing.assert_allclose(lyapopt.stats(without)["s_level"], 10 * exact, rtol=1e-6)
