@@ -94,6 +94,9 @@ def lyapunov_sgd(
     """
     where = "lyapunov_sgd"
     _check_common(where, learning_rate, curvature)
+    stages = dict(
+        curvature_every=curvature_every, max_scale=max_scale, level=level, guard=guard
+    )
     if modulation is not None:
         check_number(
             where,
@@ -119,14 +122,7 @@ def lyapunov_sgd(
         optax.trace(momentum) if momentum is not None else optax.identity(),
         _decayed(learning_rate, decay_rate, steps_per_epoch),
     )
-    return stabilize(
-        direction,
-        safety=safety if curvature else None,
-        curvature_every=curvature_every,
-        max_scale=max_scale,
-        level=level,
-        guard=guard,
-    )
+    return stabilize(direction, safety=safety if curvature else None, **stages)
 
 
 def lyapunov_adam(
@@ -173,6 +169,9 @@ def lyapunov_adam(
     """
     where = "lyapunov_adam"
     _check_common(where, learning_rate, curvature)
+    stages = dict(
+        curvature_every=curvature_every, max_scale=max_scale, level=level, guard=guard
+    )
     for name, beta in (("b1", b1), ("b2", b2)):
         check_number(
             where,
@@ -190,11 +189,4 @@ def lyapunov_adam(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         _decayed(learning_rate, decay_rate, steps_per_epoch),
     )
-    return stabilize(
-        direction,
-        safety=safety if curvature else None,
-        curvature_every=curvature_every,
-        max_scale=max_scale,
-        level=level,
-        guard=guard,
-    )
+    return stabilize(direction, safety=safety if curvature else None, **stages)
