@@ -245,6 +245,35 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         + (" (`--quick`: a smoke test, not results)." if meta["quick"] else "."),
         f"- GPU: {m['gpu']}",
         "",
+        "Sizes (chosen so that the whole suite fits in 30 minutes on 2 shared cores):",
+        "",
+        *_table(
+            [
+                "task",
+                "parameters",
+                "batch",
+                "steps",
+                "sweep: steps x seeds x rates",
+                "seeds at chosen rate",
+                "timing rounds",
+                "minutes",
+            ],
+            [
+                [
+                    name,
+                    f"{s['num_params']:,}",
+                    "full" if s["batch_size"] is None else str(s["batch_size"]),
+                    str(s["steps"]),
+                    f"{s['sweep_steps']} x {s['sweep_seeds']} x {len(meta['learning_rates'])}",
+                    str(s["quality_seeds"]),
+                    str(s["timing_rounds"]),
+                    f"{t['wall_seconds'] / 60:.1f}",
+                ]
+                for name, t in results["tasks"].items()
+                for s in [t["settings"]]
+            ],
+        ),
+        "",
         "## Targets",
         "",
         *_table(

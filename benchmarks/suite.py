@@ -19,6 +19,7 @@ For every task, in this order:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def run_task(task: Task, settings: Settings) -> dict[str, Any]:
     """Sweep, choice, quality and cost on one task, as JSON."""
+    start = time.perf_counter()
     problem = Problem(task)
     runners = {opt.name: Runner(problem, opt) for opt in settings.optimizers}
     sweep_steps = task.sweep_steps or task.steps
@@ -174,6 +176,7 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
             for name, lanes in quality.items()
         },
         "cost": {"per_step": per_step, "derivatives": derivatives},
+        "wall_seconds": time.perf_counter() - start,
     }
 
 
