@@ -75,6 +75,29 @@ def select_tasks(names: list[str], quick: bool) -> tuple[Task, ...]:
     return tuple(TASKS[n] for n in names)
 
 
+def run(
+    args: argparse.Namespace, tasks: tuple[Task, ...], argv: list[str] | None
+) -> dict[str, Any]:
+    """Runs the suite; returns the results with their metadata and targets."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    start = time.perf_counter()
+    settings = Settings(tasks=tasks)
+    results: dict[str, Any] = {"tasks": {}}
+    for task in tasks:
+        results["tasks"][task.name] = run_task(task, settings)
+    words = sys.argv[1:] if argv is None else argv
+    results["meta"] = {
+        "command": shlex.join(["python", "-m", "benchmarks", *words]),
+        "started": started.isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - start,
+        "quick": args.quick,
+        "learning_rates": list(settings.learning_rates),
+        "machine": machine(),
+    }
+    results["targets"] = report.targets(results)
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -102,6 +125,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help=f"the Markdown report to (re)write (default {DEFAULT_MD}, "
         "or OUT/RESULTS.md with --quick)",
     )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="rebuild the plots and the report from a saved results.json, no training",
+    )
     args = parser.parse_args(argv)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     md = args.results_md or (out / "RESULTS.md" if args.quick else DEFAULT_MD)
@@ -109,26 +139,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not tasks:
         parser.error(f"--quick runs only {', '.join(QUICK)}")
 
-    started = datetime.datetime.now(datetime.timezone.utc)
-    start = time.perf_counter()
-    settings = Settings(tasks=tasks)
-    results: dict[str, Any] = {"tasks": {}}
-    for task in tasks:
-        results["tasks"][task.name] = run_task(task, settings)
-    results["meta"] = {
-        "command": shlex.join(
-            ["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]
-        ),
-        "started": started.isoformat(timespec="seconds"),
-        "wall_seconds": time.perf_counter() - start,
-        "quick": args.quick,
-        "learning_rates": list(settings.learning_rates),
-        "machine": machine(),
-    }
-    results["targets"] = report.targets(results)
-
+    if args.from_json is not None:
+        results = json.loads(args.from_json.read_text())
+        results["targets"] = report.targets(results)
+    else:
+        results = run(args, tasks, argv)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=True))
+    if (
+        args.from_json is None
+        or args.from_json.resolve() != (out / "results.json").resolve()
+    ):
+        (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=True))
     plots = report.plot_all(results, out, md.parent)
     report.write_markdown(md, report.markdown(results, plots), "lyapopt benchmarks")
     for t in results["targets"]:

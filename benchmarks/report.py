@@ -464,8 +464,15 @@ def plot_cost(results: dict[str, Any], path: Path) -> None:
     """Bars: each timed step over optax.sgd's and optax.adam's, per task."""
     plt = _pyplot()
     tasks = results["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 6), sharey=True)
-    for ax, (name, task) in zip(np.atleast_1d(axes), tasks.items(), strict=True):
+    cols = min(2, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(7 * cols, 5.5 * rows), sharey=True, squeeze=False
+    )
+    axes = axes.ravel()
+    for ax in axes[len(tasks) :]:
+        ax.set_visible(False)
+    for ax, (name, task) in zip(axes, tasks.items(), strict=False):
         r = ratios(task)
         entries = list(r)
         y = np.arange(len(entries))
@@ -476,10 +483,10 @@ def plot_cost(results: dict[str, Any], path: Path) -> None:
         for x, c in ((1.0, "black"), (1.05, "gray"), (1.5, "orange"), (2.7, "red")):
             ax.axvline(x, color=c, linewidth=0.8, linestyle=":")
         ax.set_yticks(y, entries, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("cost per step (ratio)")
+        ax.set_xlabel("cost per step (ratio; dotted: 1, 1.05, 1.5, 2.7)")
         ax.set_title(name, fontsize=10)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+    axes[0].invert_yaxis()  # once: the y axis is shared
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

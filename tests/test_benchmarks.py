@@ -74,3 +74,27 @@ def test_quick_run_writes_the_report_and_the_plots(quick: tuple) -> None:
         assert t["target"] in md
     for png in ("cost_per_step.png", "curves_mlp_full.png", "sweep_mlp_full.png"):
         assert (out / png).read_bytes()[:8] == PNG, png
+
+
+def test_the_report_rebuilds_from_the_json_alone(quick: tuple, tmp_path: Path) -> None:
+    results, out = quick
+    md = tmp_path / "RESULTS.md"
+    md.write_text(
+        f"# title\n\n{report.BEGIN}\nSTALE TABLES\n{report.END}\n\n## Analysis\n\nmine\n"
+    )
+    rebuilt = cli.main(
+        [
+            "--from-json",
+            str(out / "results.json"),
+            "--out",
+            str(tmp_path),
+            "--results-md",
+            str(md),
+        ]
+    )
+    assert rebuilt["targets"] == results["targets"]
+    text = md.read_text()
+    assert (
+        "STALE TABLES" not in text and "mine" in text
+    )  # the hand-written part is kept
+    assert "| mlp_full |" in text
