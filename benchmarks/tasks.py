@@ -150,7 +150,9 @@ def _windows(data: bytes, context: int, stride: int) -> tuple[np.ndarray, ...]:
 
 
 def _stdlib_lm(context: int = 64, eval_windows: int = 128) -> Data:
-    """Byte windows: every 16th start for training, disjoint ones to validate."""
+    """Byte windows: every 16th start of the train bytes for training; a fixed
+    sample of ``eval_windows`` disjoint validation windows (8 KiB) for bits per
+    byte, and half as many train windows for the train loss."""
     train, valid = stdlib_bytes()
     x_tr, y_tr = _windows(train, context, stride=16)
     x_te, y_te = _windows(valid, context, stride=context)
