@@ -53,6 +53,7 @@ def lyapunov_sgd(
     max_scale: float | jax.Array = 1.0,
     level: float | jax.Array | None = None,
     guard: str | None = "backtrack",
+    decrease: float | jax.Array = 0.25,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The paper's method: decayed, modulated gradient descent, capped and guarded.
 
@@ -87,6 +88,8 @@ def lyapunov_sgd(
       level: the energy level of :func:`lyapopt.scale_by_level`, or ``None``.
       guard: the guard's mode (``"backtrack"``, ``"skip"``, ``"record"``,
         ``"check"``) or ``None``.
+      decrease: the guard's sufficient-decrease ``sigma`` (see
+        :func:`lyapopt.lyapunov_guard`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Pass ``value`` and
@@ -95,7 +98,11 @@ def lyapunov_sgd(
     where = "lyapunov_sgd"
     _check_common(where, learning_rate, curvature)
     stages = dict(
-        curvature_every=curvature_every, max_scale=max_scale, level=level, guard=guard
+        curvature_every=curvature_every,
+        max_scale=max_scale,
+        level=level,
+        guard=guard,
+        decrease=decrease,
     )
     if modulation is not None:
         check_number(
@@ -126,7 +133,7 @@ def lyapunov_sgd(
 
 
 def lyapunov_adam(
-    learning_rate: optax.ScalarOrSchedule = 0.1,
+    learning_rate: optax.ScalarOrSchedule = 1e-2,
     *,
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,
@@ -139,6 +146,7 @@ def lyapunov_adam(
     max_scale: float | jax.Array = 1.0,
     level: float | jax.Array | None = None,
     guard: str | None = "backtrack",
+    decrease: float | jax.Array = 0.25,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam's direction under the paper's decay, the curvature cap and the guard.
 
@@ -149,8 +157,10 @@ def lyapunov_adam(
 
     Args:
       learning_rate: ``eta_0`` or a schedule (decayed on top). The default,
-        0.1, is larger than Adam's usual 1e-3 on purpose: the cap shortens
-        steps that overshoot, so the rate only has to be large enough.
+        1e-2, is larger than Adam's usual 1e-3 on purpose: the cap shortens
+        steps that overshoot. Much larger rates stay stable but, with
+        minibatches, the cap then fits each batch's own quadratic model and
+        test accuracy suffers (``benchmarks/RESULTS.md``).
       b1: Adam's first-moment decay.
       b2: Adam's second-moment decay.
       eps: Adam's epsilon.
@@ -162,6 +172,7 @@ def lyapunov_adam(
       max_scale: the most the cap may lengthen a step.
       level: the energy level of :func:`lyapopt.scale_by_level`, or ``None``.
       guard: the guard's mode, or ``None``.
+      decrease: the guard's sufficient-decrease ``sigma``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Pass ``value`` and
@@ -170,7 +181,11 @@ def lyapunov_adam(
     where = "lyapunov_adam"
     _check_common(where, learning_rate, curvature)
     stages = dict(
-        curvature_every=curvature_every, max_scale=max_scale, level=level, guard=guard
+        curvature_every=curvature_every,
+        max_scale=max_scale,
+        level=level,
+        guard=guard,
+        decrease=decrease,
     )
     for name, beta in (("b1", b1), ("b2", b2)):
         check_number(

@@ -40,6 +40,7 @@ def lyapunov_guard(
     tolerance: float | jax.Array = 0.0,
     mode: str = "backtrack",
     max_backtracks: int | jax.Array = 8,
+    decrease: float | jax.Array = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Checks, and where asked enforces, that the step does not raise the loss.
 
@@ -51,7 +52,17 @@ def lyapunov_guard(
     .. math::
       V(\theta + u) > V(\theta) + \text{tolerance}
 
-    or when either value is not finite. ``V(theta)`` is the ``value`` extra
+    or when either value is not finite. With ``decrease = sigma > 0`` it also
+    asks for Armijo's sufficient decrease: a step ``s u`` must give
+
+    .. math::
+      V(\theta + s u) \le V(\theta) + \text{tolerance} + \sigma\, s\, g \cdot u
+
+    which, on a quadratic, accepts exactly the steps up to ``2 (1 - sigma)``
+    times the model's minimum (``sigma = 1/2``: up to the minimum). It
+    refuses steps that overshoot the valley yet still lower the loss a
+    little, the steps that make a reused curvature unsafe. ``g.u`` is the
+    dot product with the ``grad`` extra argument, else one forward-mode pass. ``V(theta)`` is the ``value`` extra
     argument when given (pass it: it saves a forward pass), else
     ``value_fn(params)``. What happens on a violation depends on ``mode``:
 
@@ -72,10 +83,12 @@ def lyapunov_guard(
       tolerance: the rise allowed, ``>= 0``.
       mode: one of ``"record"``, ``"backtrack"``, ``"skip"``, ``"check"``.
       max_backtracks: halvings tried in ``"backtrack"`` mode, ``>= 0``.
+      decrease: Armijo's ``sigma`` in ``[0, 1)``; 0 asks only that the loss
+        does not rise.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs ``params``
-      and the extra argument ``value_fn``; ``value`` is optional.
+      and the extra argument ``value_fn``; ``value`` and ``grad`` are optional.
     """
     check_number(
         _WHERE,
@@ -85,6 +98,15 @@ def lyapunov_guard(
         fix="Pass 0.0 to forbid any rise of the loss.",
     )
     check_choice(_WHERE, "mode", mode, MODES)
+    check_number(
+        _WHERE,
+        "decrease",
+        decrease,
+        lower=0.0,
+        upper=1.0,
+        upper_open=True,
+        fix="Pass 0.0 to ask only for no rise, or 0.25 for a sufficient decrease.",
+    )
     check_number(
         _WHERE,
         "max_backtracks",
@@ -113,6 +135,7 @@ def lyapunov_guard(
         *,
         value: jax.Array | None = None,
         value_fn: Any = None,
+        grad: optax.Updates | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, GuardState]:
         del extra_args
@@ -126,22 +149,33 @@ def lyapunov_guard(
             before = jnp.asarray(value).astype(dtype)
         bound = before + jnp.asarray(tolerance, dtype)
         judged = jnp.isfinite(before)
+        if isinstance(decrease, (int, float)) and decrease == 0:
+            required = jnp.zeros([], dtype)  # per unit of scale
+        else:
+            if grad is not None:
+                check_like_params(_WHERE, "grad", grad, params)
+                slope = optax.tree.vdot(
+                    optax.tree.cast(grad, dtype), optax.tree.cast(updates, dtype)
+                ).astype(dtype)
+            else:
+                _, slope = _line.slope(_WHERE, value_fn, params, updates, dtype)
+            required = jnp.asarray(decrease, dtype) * jnp.minimum(slope, 0)
 
         def value_at(scale: jax.Array) -> jax.Array:
             moved = optax.apply_updates(params, _line.scale_updates(updates, scale))
             return _line.value(_WHERE, value_fn, moved, dtype)
 
-        def holds(v: jax.Array) -> jax.Array:
+        def holds(v: jax.Array, scale: jax.Array) -> jax.Array:
             # False for NaN on either side: a step we cannot judge is refused.
-            return judged & (v <= bound)
+            return judged & (v <= bound + scale * required)
 
         one = jnp.ones([], dtype)
         after = value_at(one)
-        violated = judged & ~holds(after)
+        violated = judged & ~holds(after, one)
         scale, backtracks = one, jnp.zeros([], jnp.int32)
         if mode == "check":
             checkify.check(
-                holds(after),
+                holds(after, one),
                 "lyapunov_guard: the step raised the loss from {before} to {after} "
                 "(tolerance {tol}).",
                 before=before,
@@ -150,12 +184,12 @@ def lyapunov_guard(
                 debug=True,
             )
         elif mode == "skip":
-            scale = jnp.where(holds(after), one, 0).astype(dtype)
+            scale = jnp.where(holds(after, one), one, 0).astype(dtype)
         elif mode == "backtrack":
 
             def shrinking(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-                k, _, v = carry
-                return judged & (k < max_backtracks) & ~holds(v)
+                k, s, v = carry
+                return judged & (k < max_backtracks) & ~holds(v, s)
 
             def halve(carry: tuple[jax.Array, jax.Array, jax.Array]):
                 k, s, _ = carry
@@ -164,7 +198,7 @@ def lyapunov_guard(
             backtracks, scale, after = lax.while_loop(
                 shrinking, halve, (backtracks, scale, after)
             )
-            scale = jnp.where(holds(after), scale, 0).astype(dtype)
+            scale = jnp.where(holds(after, scale), scale, 0).astype(dtype)
         if mode in ("skip", "backtrack"):
             after = jnp.where(scale > 0, after, before)
 

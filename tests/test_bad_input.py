@@ -57,6 +57,8 @@ CASES: dict[str, tuple[Callable[[], Any], type[Exception], tuple[str, ...]]] = {
     "guard_nan_tolerance": (lambda: lyapopt.lyapunov_guard(tolerance=float("nan")), ValueError, ("`tolerance`", "got nan")),
     "guard_unknown_mode": (lambda: lyapopt.lyapunov_guard(mode="reject"), ValueError, ("`mode`", "'record', 'backtrack', 'skip', 'check'", "got 'reject'")),
     "guard_negative_backtracks": (lambda: lyapopt.lyapunov_guard(max_backtracks=-1), ValueError, ("`max_backtracks`", "got -1")),
+    "guard_decrease_one": (lambda: lyapopt.lyapunov_guard(decrease=1.0), ValueError, ("`decrease`", "< 1", "got 1.0", "0.25")),
+    "guard_negative_decrease": (lambda: lyapopt.stabilize(optax.sgd(1.0), decrease=-0.5), ValueError, ("`decrease`", "got -0.5")),
     "guard_fractional_backtracks": (lambda: lyapopt.lyapunov_guard(max_backtracks=2.5), ValueError, ("`max_backtracks`", "integer")),
     # stabilize and the optimizers
     "stabilize_not_a_transform": (lambda: lyapopt.stabilize(optax.adam), TypeError, ("stabilize", "`tx`", "GradientTransformation", "optax.adam(1e-3)")),

@@ -153,3 +153,23 @@ def test_unknown_mode_is_refused_with_the_choices() -> None:
         ValueError, match=r"`mode` must be one of 'record', 'backtrack'"
     ):
         lyapopt.lyapunov_guard(mode="reject")
+
+
+def test_sufficient_decrease_refuses_a_step_that_overshoots_the_valley() -> None:
+    # V = x^2 from x = 1 (g = 2) along u = -1.6: V(1 - 1.6) = 0.36 < 1, a
+    # decrease, but less than 1/4 of the slope's promise 3.2: Armijo's bound
+    # is 1 - 0.25 * 3.2 = 0.2. Halved once: V(0.2) = 0.04 <= 1 - 0.25 * 1.6.
+    u = jnp.array([-1.6])
+    plain = lyapopt.lyapunov_guard()
+    sufficient = lyapopt.lyapunov_guard(decrease=0.25)
+    for tx, backtracks, kwargs in ((plain, 0, {}), (sufficient, 1, {"grad": 2 * X})):
+        updates, state = tx.update(u, tx.init(X), X, value_fn=loss, **kwargs)
+        np.testing.assert_allclose(updates, u / 2**backtracks)
+        assert int(state.backtracks) == backtracks
+
+
+def test_sufficient_decrease_without_grad_takes_the_slope_from_value_fn() -> None:
+    tx = lyapopt.lyapunov_guard(decrease=0.25)
+    with_grad = tx.update(jnp.array([-1.6]), tx.init(X), X, value_fn=loss, grad=2 * X)
+    without = tx.update(jnp.array([-1.6]), tx.init(X), X, value_fn=loss)
+    np.testing.assert_array_equal(with_grad[0], without[0])
