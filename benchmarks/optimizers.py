@@ -9,6 +9,7 @@ exactly what it asks for.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,8 +77,16 @@ def _peers() -> tuple[Optimizer, ...]:
     )
 
 
+def _default_lr(factory: Callable[..., optax.GradientTransformation]) -> float:
+    """The learning rate a user gets by not passing one."""
+    return float(inspect.signature(factory).parameters["learning_rate"].default)
+
+
 def _ours() -> tuple[Optimizer, ...]:
-    sgd_lr, adam_lr = 1.0, 0.1  # the defaults of lyapunov_sgd and lyapunov_adam
+    sgd_lr, adam_lr = (
+        _default_lr(lyapopt.lyapunov_sgd),
+        _default_lr(lyapopt.lyapunov_adam),
+    )
     return (
         Optimizer(
             "lyapunov_sgd",

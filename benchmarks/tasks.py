@@ -10,7 +10,6 @@ read from the running interpreter's own installation.
 
 from __future__ import annotations
 
-import itertools
 import math
 import sysconfig
 from collections.abc import Callable
@@ -21,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from lyapopt.demo import MLP
 
 # Standard-library sources present, as plain modules, in every CPython >= 3.10
 # (sorted; about 0.7 MB on 3.11). Their contents differ a little between
@@ -163,20 +164,6 @@ def _stdlib_lm(context: int = 64, eval_windows: int = 128) -> Data:
 
 
 # --- models -----------------------------------------------------------------
-
-
-class MLP(nnx.Module):
-    """A ReLU perceptron."""
-
-    def __init__(self, sizes: tuple[int, ...], *, rngs: nnx.Rngs) -> None:
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)]
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self.layers[:-1]:
-            x = jax.nn.relu(layer(x))
-        return self.layers[-1](x)
 
 
 class CNN(nnx.Module):

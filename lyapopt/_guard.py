@@ -167,7 +167,11 @@ def lyapunov_guard(
 
         def holds(v: jax.Array, scale: jax.Array) -> jax.Array:
             # False for NaN on either side: a step we cannot judge is refused.
-            return judged & (v <= bound + scale * required)
+            demanded = scale * required
+            # A decrease below float resolution cannot be checked: ask only
+            # for no rise there, or converged steps would all be refused.
+            resolvable = -demanded > 8 * jnp.finfo(dtype).eps * jnp.abs(before)
+            return judged & (v <= bound + jnp.where(resolvable, demanded, 0))
 
         one = jnp.ones([], dtype)
         after = value_at(one)
