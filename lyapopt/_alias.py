@@ -71,7 +71,8 @@ def lyapunov_sgd(
     paper's Taylor argument; see :func:`lyapopt.stabilize`).
 
     With ``curvature=False, guard=None`` it is the paper's first-order rule
-    and needs no ``value_fn``.
+    and needs no ``value_fn``; a gradient with a NaN or an Inf still gives
+    no step (the modulation's own test, at no cost).
 
     Args:
       learning_rate: ``eta_0`` or a schedule (decayed on top). The default,
@@ -129,6 +130,11 @@ def lyapunov_sgd(
         optax.trace(momentum) if momentum is not None else optax.identity(),
         _decayed(learning_rate, decay_rate, steps_per_epoch),
     )
+    if not curvature and guard is None and level is None and modulation is not None:
+        # The paper's first-order rule: the modulation already drops a
+        # non-finite gradient (its norm is computed anyway), so no
+        # apply_if_finite, whose lax.cond costs ~15% of a small model's step.
+        return direction
     return stabilize(direction, safety=safety if curvature else None, **stages)
 
 

@@ -7,16 +7,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from optax._src import numerics
 
 from lyapopt._checks import check_number
-from lyapopt._line import scalar_dtype
+from lyapopt._line import scalar_dtype, scale_updates
 
 
 class ModulationState(NamedTuple):
     """State of :func:`scale_by_gradient_modulation`."""
 
     factor: jax.Array  # 1 / (1 + strength * ||u||) applied at the last step
-    norm: jax.Array  # ||u||, the global L2 norm of the incoming updates
+    norm: jax.Array  # ||u||, the global L2 norm, at the last finite step
+    nonfinite: jax.Array  # int32, steps whose updates held a NaN or an Inf
 
 
 def scale_by_gradient_modulation(
@@ -33,6 +35,11 @@ def scale_by_gradient_modulation(
     paper's rule, ``beta = 0`` turns it off). Placed first in a chain it sees
     the raw gradient, as in the paper. The step it produces has norm below
     ``1 / beta`` however large the gradient.
+
+    Updates with a NaN or an Inf (a non-finite norm) give a zero step and are
+    counted in the state: the norm is computed anyway, so the test is free,
+    and :func:`lyapopt.lyapunov_sgd` relies on it when it has neither the
+    cap nor the guard.
 
     Args:
       strength: ``beta >= 0``.
@@ -51,14 +58,25 @@ def scale_by_gradient_modulation(
 
     def init_fn(params: optax.Params) -> ModulationState:
         dtype = scalar_dtype(params)
-        return ModulationState(factor=jnp.ones([], dtype), norm=jnp.zeros([], dtype))
+        return ModulationState(
+            factor=jnp.ones([], dtype),
+            norm=jnp.zeros([], dtype),
+            nonfinite=jnp.zeros([], jnp.int32),
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         dtype = state.factor.dtype
         norm = optax.tree.norm(optax.tree.cast(updates, dtype))
-        factor = 1.0 / (1.0 + jnp.asarray(strength, dtype) * norm)
-        updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
-        return updates, ModulationState(factor=factor, norm=norm)
+        finite = jnp.isfinite(norm)
+        factor = jnp.where(finite, 1.0 / (1.0 + jnp.asarray(strength, dtype) * norm), 0)
+        updates = scale_updates(updates, factor)
+        return updates, ModulationState(
+            factor=factor.astype(dtype),
+            norm=jnp.where(finite, norm, state.norm),
+            nonfinite=jnp.where(
+                finite, state.nonfinite, numerics.safe_increment(state.nonfinite)
+            ),
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

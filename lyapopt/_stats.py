@@ -17,7 +17,11 @@ from lyapopt._schedule import ScaleByLearningRateState
 # For each state type: (field in the state, name in the stats dict).
 _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
     ScaleByLearningRateState: (("learning_rate", "learning_rate"),),
-    ModulationState: (("factor", "modulation"), ("norm", "update_norm")),
+    ModulationState: (
+        ("factor", "modulation"),
+        ("norm", "update_norm"),
+        ("nonfinite", "nonfinite_steps"),
+    ),
     CurvatureState: (
         ("curvature", "curvature"),
         ("s_star", "s_star"),

@@ -109,3 +109,13 @@ def test_a_value_fn_that_returns_nan_takes_no_step() -> None:
     )
     np.testing.assert_array_equal(updates, 0.0)
     assert float(lyapopt.stats(state)["curvature_scale"]) == 0.0
+
+
+def test_the_first_order_rule_drops_faulty_batches_without_the_guard() -> None:
+    faults = _faults()
+    make = lambda: lyapopt.lyapunov_sgd(0.1, curvature=False, guard=None)  # noqa: E731
+    w, state, final = _train(make(), faults)
+    _, _, clean_final = _train(make(), np.zeros_like(faults))
+    assert _all_finite(w) and _all_finite(state)
+    assert int(lyapopt.stats(state)["nonfinite_steps"]) == 220
+    assert abs(float(final) - float(clean_final)) <= 0.05 * float(clean_final)

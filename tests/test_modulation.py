@@ -37,3 +37,15 @@ def test_bfloat16_updates_get_a_float32_factor() -> None:
     assert out.dtype == jnp.bfloat16
     assert state.factor.dtype == jnp.float32
     np.testing.assert_allclose(state.norm, np.sqrt(1000) * float(g[0]), rtol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_a_non_finite_update_gives_a_zero_step_and_is_counted(bad: float) -> None:
+    tx = lyapopt.scale_by_gradient_modulation()
+    g = jnp.array([3.0, 4.0])
+    _, state = tx.update(g, tx.init(g))
+    out, state = tx.update(jnp.array([bad, 1.0]), state)
+    np.testing.assert_array_equal(out, 0.0)
+    assert int(state.nonfinite) == 1
+    assert float(state.norm) == 5.0  # the last finite norm, kept
+    assert float(state.factor) == 0.0

@@ -25,7 +25,7 @@ def test_lyapunov_sgd_reports_every_stage() -> None:
     assert set(got) == {
         "nonfinite_steps", "modulation", "update_norm", "learning_rate", "curvature",
         "s_star", "curvature_scale", "value_before", "value_after", "guard_scale",
-        "backtracks", "violations", "nonfinite_values", "step_size",
+        "backtracks", "violations", "nonfinite_values", "step_size", "nonfinite_steps_1",
     }  # fmt: skip
     np.testing.assert_allclose(
         got["modulation"], 1 / (1 + jnp.linalg.norm(g)), rtol=1e-6
