@@ -80,8 +80,9 @@ def scale_by_curvature(
     ``V = L`` from a second-order Taylor expansion; this cap is this
     project's construction from that argument, not a formula of the paper.
 
-    Both scalars come from one forward-over-forward call on the line (about
-    1.3-1.5x a ``value_and_grad``), not from a full Hessian-vector product.
+    Both scalars come from one forward-over-forward call along ``u`` (0.9-1.4x
+    a ``value_and_grad`` in ``benchmarks/RESULTS.md``, about half a full
+    Hessian-vector product).
     With ``every = k`` they are measured every ``k`` steps; in between the
     last curvature ``u.Hu / u.u`` is reused and ``g.u`` is the dot product
     of ``u`` with the ``grad`` extra argument when given (free), else one
