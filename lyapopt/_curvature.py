@@ -159,9 +159,7 @@ def scale_by_curvature(
 
         def reuse() -> tuple[jax.Array, jax.Array]:
             if grad is not None:
-                slope = optax.tree.vdot(
-                    optax.tree.cast(grad, dtype), optax.tree.cast(updates, dtype)
-                ).astype(dtype)
+                slope = _line.grad_slope(grad, updates, dtype)
             else:
                 _, slope = _line.slope(_WHERE, value_fn, params, updates, dtype)
             return slope, state.curvature * sq_norm

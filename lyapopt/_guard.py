@@ -154,9 +154,7 @@ def lyapunov_guard(
         else:
             if grad is not None:
                 check_like_params(_WHERE, "grad", grad, params)
-                slope = optax.tree.vdot(
-                    optax.tree.cast(grad, dtype), optax.tree.cast(updates, dtype)
-                ).astype(dtype)
+                slope = _line.grad_slope(grad, updates, dtype)
             else:
                 _, slope = _line.slope(_WHERE, value_fn, params, updates, dtype)
             required = jnp.asarray(decrease, dtype) * jnp.minimum(slope, 0)

@@ -17,9 +17,8 @@ _WHERE = "scale_by_level"
 class LevelState(NamedTuple):
     """State of :func:`scale_by_level`."""
 
-    s_level: (
-        jax.Array
-    )  # (V - target) / (-g.u) at the last finite step; +inf if no bound
+    # (V - target) / (-g.u) at the last finite step; +inf where there is no bound.
+    s_level: jax.Array
     scale: jax.Array  # the factor applied to the updates at the last step
 
 
@@ -91,9 +90,7 @@ def scale_by_level(
                     f"structure; got {jax.tree.structure(grad)} and "
                     f"{jax.tree.structure(updates)}."
                 )
-            slope = optax.tree.vdot(
-                optax.tree.cast(grad, dtype), optax.tree.cast(updates, dtype)
-            ).astype(dtype)
+            slope = _line.grad_slope(grad, updates, dtype)
             v = _line.value(_WHERE, value_fn, params, dtype) if value is None else value
         else:
             v, slope = _line.slope(_WHERE, value_fn, params, updates, dtype)

@@ -65,6 +65,13 @@ def slope(
     return v, gu
 
 
+def grad_slope(grad: Any, updates: Any, dtype: jnp.dtype) -> jax.Array:
+    """``g.u`` as a dot product with a given gradient ``g``: no pass over data."""
+    return optax.tree.vdot(
+        optax.tree.cast(grad, dtype), optax.tree.cast(updates, dtype)
+    ).astype(dtype)
+
+
 def line_derivatives(
     where: str, value_fn: ValueFn, params: Any, updates: Any, dtype: jnp.dtype
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
