@@ -62,9 +62,11 @@ def lyapunov_guard(
     times the model's minimum (``sigma = 1/2``: up to the minimum). It
     refuses steps that overshoot the valley yet still lower the loss a
     little, the steps that make a reused curvature unsafe. ``g.u`` is the
-    dot product with the ``grad`` extra argument, else one forward-mode pass. ``V(theta)`` is the ``value`` extra
-    argument when given (pass it: it saves a forward pass), else
-    ``value_fn(params)``. What happens on a violation depends on ``mode``:
+    dot product with the ``grad`` extra argument, else one forward-mode pass.
+
+    ``V(theta)`` is the ``value`` extra argument when given (pass it: it saves
+    a forward pass), else ``value_fn(params)``. What happens on a violation
+    depends on ``mode``:
 
     - ``"record"``: the step is taken; the violation is counted.
     - ``"backtrack"``: ``u`` is halved until ``V`` does not rise, at most

@@ -96,17 +96,11 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
                 key = f"{name}_{n}"
             out[key] = _unwrap(getattr(state, field))
     if "learning_rate" in out:
-        factors = (
-            "learning_rate",
-            "modulation",
-            "curvature_scale",
-            "level_scale",
-            "guard_scale",
-        )
+        # The rate is kept in the parameters' dtype; the scales in float32 or more.
         step_size = out["learning_rate"].astype(
             out.get("curvature_scale", out["learning_rate"]).dtype
         )
-        for name in factors[1:]:
+        for name in ("modulation", "curvature_scale", "level_scale", "guard_scale"):
             if name in out:
                 step_size = step_size * out[name]
         out["step_size"] = step_size
