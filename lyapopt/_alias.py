@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
-from lyapopt._checks import check_bool, check_number
+from lyapopt import _options
+from lyapopt._checks import check_number
 from lyapopt._modulation import scale_by_gradient_modulation
-from lyapopt._schedule import exponential_schedule, scale_by_learning_rate
+from lyapopt._options import DEFAULTS
+from lyapopt._schedule import exponential_schedule, scale_by_logged_learning_rate
 from lyapopt._stabilize import stabilize
 
 
-def _check_common(
-    where: str, learning_rate: optax.ScalarOrSchedule, curvature: bool
-) -> None:
+def _check_rate(where: str, learning_rate: optax.ScalarOrSchedule) -> None:
     if not callable(learning_rate):
         check_number(
             where,
@@ -23,88 +25,110 @@ def _check_common(
             lower_open=True,
             fix="Pass a positive number or an optax schedule.",
         )
-    check_bool(where, "curvature", curvature)
 
 
-def _decayed(
+def _rate(
     learning_rate: optax.ScalarOrSchedule,
-    decay_rate: float | jax.Array,
+    decay_constant: float | jax.Array,
     steps_per_epoch: int | jax.Array,
 ) -> optax.GradientTransformationExtraArgs:
-    """``-eta(t)`` with the exponential decay; a schedule is decayed on top."""
+    """``-eta(t)``, with the paper's exponential decay on top when asked."""
+    if isinstance(decay_constant, (int, float)) and decay_constant == 0:
+        return scale_by_logged_learning_rate(learning_rate)
+    decay = exponential_schedule(1.0, decay_constant, steps_per_epoch=steps_per_epoch)
     if callable(learning_rate):
-        decay = exponential_schedule(1.0, decay_rate, steps_per_epoch=steps_per_epoch)
-        return scale_by_learning_rate(lambda t: learning_rate(t) * decay(t))
-    return scale_by_learning_rate(
-        exponential_schedule(learning_rate, decay_rate, steps_per_epoch=steps_per_epoch)
-    )
+        return scale_by_logged_learning_rate(lambda t: learning_rate(t) * decay(t))
+    return scale_by_logged_learning_rate(lambda t: learning_rate * decay(t))
 
 
 def lyapunov_sgd(
     learning_rate: optax.ScalarOrSchedule = 1.0,
-    *,
-    decay_rate: float | jax.Array = 1e-3,
-    steps_per_epoch: int | jax.Array = 1,
-    modulation: float | jax.Array | None = 1.0,
     momentum: float | jax.Array | None = None,
-    curvature: bool = True,
-    safety: float | jax.Array = 1.0,
-    curvature_every: int | jax.Array = 1,
-    max_scale: float | jax.Array = 1.0,
-    level: float | jax.Array | None = None,
-    guard: str | None = "backtrack",
-    decrease: float | jax.Array = 0.25,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+    *,
+    modulation: float | jax.Array | None = 1.0,
+    decay_constant: float | jax.Array = 0.0,
+    steps_per_epoch: int | jax.Array = 1,
+    safety: float | jax.Array | None = DEFAULTS.safety,
+    curvature_every: int | jax.Array = DEFAULTS.curvature_every,
+    max_scale: float | jax.Array = DEFAULTS.max_scale,
+    level: float | jax.Array | None = DEFAULTS.level,
+    guard: str | None = DEFAULTS.guard,
+    tolerance: float | jax.Array = DEFAULTS.tolerance,
+    max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
+    decrease: float | jax.Array = DEFAULTS.decrease,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""The paper's method: decayed, modulated gradient descent, capped and guarded.
+    r"""The paper's method: modulated gradient descent, capped and guarded.
 
     The step before the cap and the guard is
 
     .. math::
-      u_t = -\frac{\eta_0 e^{-\alpha t}}{1 + \beta \lVert g_t \rVert} \, g_t
+      u_t = -\frac{\eta(t)}{1 + \beta \lVert g_t \rVert} \, g_t,
+      \qquad \eta(t) = \eta_0 e^{-\alpha t}
 
     (with ``momentum``, the modulated gradients are accumulated by
-    :func:`optax.trace` first). The exponential decay and the modulation
-    ``1 / (1 + ||g||)`` are the paper's (Chaudhary et al., JAIR 2025); their
-    product and the strength ``beta`` are our reading. The step is then
-    capped at the minimum of the local quadratic model of the loss, and
-    checked by the Lyapunov guard (both this project's construction from the
-    paper's Taylor argument; see :func:`lyapopt.stabilize`).
+    :func:`optax.trace` first). The modulation ``1 / (1 + ||g||)`` and the
+    exponential decay are the paper's; their product and the strength
+    ``beta`` are our reading. The step is then capped at the minimum of the
+    local quadratic model of the loss and checked by the Lyapunov guard
+    (this project's construction from the paper's Taylor argument; see
+    :func:`lyapopt.stabilize`, whose options ``safety`` to ``decrease`` are
+    forwarded in full).
 
-    With ``curvature=False, guard=None`` it is the paper's first-order rule
-    and needs no ``value_fn``; a gradient with a NaN or an Inf still gives
-    no step (the modulation's own test, at no cost).
+    The decay is off by default (``decay_constant = 0``), so a run of any
+    length keeps learning; with ``alpha > 0`` the rate after ``T`` steps is
+    ``exp(-alpha T)`` of ``eta_0`` (see :func:`lyapopt.exponential_schedule`
+    for choosing ``alpha`` from the length of a run).
+
+    With ``safety=None, guard=None`` it is the paper's first-order rule and
+    needs no ``value_fn``; a gradient with a NaN or an Inf still gives no
+    step (the modulation's own test, at no cost).
 
     Args:
-      learning_rate: ``eta_0`` or a schedule (decayed on top). The default,
-        1.0, is meant for use untuned: the modulation bounds the step's norm
-        by ``eta_0 / beta`` and the cap shortens it to the model's minimum.
-      decay_rate: ``alpha``, the decay per epoch.
-      steps_per_epoch: steps in an epoch (1: ``alpha`` is per step).
-      modulation: ``beta``; ``None`` or 0 turns the modulation off.
+      learning_rate: ``eta_0`` or an optax schedule. The default, 1.0, is
+        meant for use untuned: the modulation bounds the step's norm by
+        ``eta_0 / beta`` and the cap shortens it to the model's minimum.
       momentum: the :func:`optax.trace` decay, or ``None``.
-      curvature: whether to cap the step at the model's minimum.
-      safety: the cap's fraction of the model's minimum.
-      curvature_every: measure the curvature every this many steps.
-      max_scale: the most the cap may lengthen a step.
-      level: the energy level of :func:`lyapopt.scale_by_level`, or ``None``.
-      guard: the guard's mode (``"backtrack"``, ``"skip"``, ``"record"``,
-        ``"check"``) or ``None``.
-      decrease: the guard's sufficient-decrease ``sigma`` (see
-        :func:`lyapopt.lyapunov_guard`).
+      nesterov: Nesterov momentum, as in :func:`optax.sgd`.
+      accumulator_dtype: the momentum's dtype, as in :func:`optax.sgd`.
+      modulation: ``beta``; ``None`` (or 0) turns the modulation off.
+      decay_constant: the paper's ``alpha >= 0``, per epoch; 0: no decay.
+      steps_per_epoch: steps in an epoch (1: ``alpha`` is per step).
+      safety: see :func:`lyapopt.stabilize` (``None``: no curvature cap).
+      curvature_every: see :func:`lyapopt.stabilize`.
+      max_scale: see :func:`lyapopt.stabilize`.
+      level: see :func:`lyapopt.stabilize` (``None``: no level cap).
+      guard: see :func:`lyapopt.stabilize` (``None``: no guard).
+      tolerance: see :func:`lyapopt.stabilize`.
+      max_backtracks: see :func:`lyapopt.stabilize`.
+      decrease: see :func:`lyapopt.stabilize`.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``. Pass ``value`` and
-      ``value_fn`` to its update when the cap, the level or the guard is on.
+      An ``optax.GradientTransformationExtraArgs``. Pass ``value_fn`` (and
+      ``value``) to its update when the cap, the level or the guard is on.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, lyapopt
+      >>> f = lambda x: jnp.sum((x - jnp.array([1.0, -1.0, 1.0])) ** 2)
+      >>> tx = lyapopt.lyapunov_sgd()
+      >>> x = jnp.array([-1.0, 10.0, 1.0])
+      >>> state = tx.init(x)
+      >>> for _ in range(20):
+      ...     loss, grads = jax.value_and_grad(f)(x)
+      ...     updates, state = tx.update(grads, state, x, value=loss, value_fn=f)
+      ...     x = optax.apply_updates(x, updates)
+      >>> x.round(3)
+      Array([ 1., -1.,  1.], dtype=float32)
     """
     where = "lyapunov_sgd"
-    _check_common(where, learning_rate, curvature)
-    stages = dict(
-        curvature_every=curvature_every,
-        max_scale=max_scale,
-        level=level,
-        guard=guard,
-        decrease=decrease,
-    )
+    options = _options.collect(locals())
+    _check_rate(where, learning_rate)
     if modulation is not None:
         check_number(
             where,
@@ -127,72 +151,101 @@ def lyapunov_sgd(
         scale_by_gradient_modulation(modulation)
         if modulation is not None
         else optax.identity(),
-        optax.trace(momentum) if momentum is not None else optax.identity(),
-        _decayed(learning_rate, decay_rate, steps_per_epoch),
+        optax.trace(momentum, nesterov, accumulator_dtype)
+        if momentum is not None
+        else optax.identity(),
+        _rate(learning_rate, decay_constant, steps_per_epoch),
     )
-    if not curvature and guard is None and level is None and modulation is not None:
+    if safety is None and guard is None and level is None and modulation is not None:
         # The paper's first-order rule: the modulation already drops a
         # non-finite gradient (its norm is computed anyway), so no
         # apply_if_finite, whose lax.cond costs ~15% of a small model's step.
         return direction
-    return stabilize(direction, safety=safety if curvature else None, **stages)
+    return stabilize(direction, **options._asdict())
 
 
 def lyapunov_adam(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
-    *,
     b1: float | jax.Array = 0.9,
     b2: float | jax.Array = 0.999,
     eps: float | jax.Array = 1e-8,
-    decay_rate: float | jax.Array = 1e-3,
+    eps_root: float | jax.Array = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nesterov: bool = False,
+    decay_constant: float | jax.Array = 0.0,
     steps_per_epoch: int | jax.Array = 1,
-    curvature: bool = True,
-    safety: float | jax.Array = 1.0,
-    curvature_every: int | jax.Array = 1,
-    max_scale: float | jax.Array = 1.0,
-    level: float | jax.Array | None = None,
-    guard: str | None = "backtrack",
-    decrease: float | jax.Array = 0.25,
+    safety: float | jax.Array | None = DEFAULTS.safety,
+    curvature_every: int | jax.Array = DEFAULTS.curvature_every,
+    max_scale: float | jax.Array = DEFAULTS.max_scale,
+    level: float | jax.Array | None = DEFAULTS.level,
+    guard: str | None = DEFAULTS.guard,
+    tolerance: float | jax.Array = DEFAULTS.tolerance,
+    max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
+    decrease: float | jax.Array = DEFAULTS.decrease,
 ) -> optax.GradientTransformationExtraArgs:
-    """Adam's direction under the paper's decay, the curvature cap and the guard.
+    """Adam's direction under the curvature cap and the Lyapunov guard.
 
-    ``optax.scale_by_adam`` gives the direction, the exponential schedule of
-    :func:`lyapopt.exponential_schedule` its length, and
-    :func:`lyapopt.stabilize` the cap and the guard. The Adam direction is
-    already normalised, so there is no gradient-norm modulation.
+    :func:`optax.scale_by_adam` gives the direction (same positional
+    arguments as :func:`optax.adam`), the learning rate its length, and
+    :func:`lyapopt.stabilize` the cap and the guard (options ``safety`` to
+    ``decrease``, forwarded in full). The Adam direction is already
+    normalised, so there is no gradient-norm modulation.
+
+    The decay is off by default (``decay_constant = 0``): Adam moves each
+    coordinate by about ``eta(t)`` a step, so a decay ``alpha`` limits the
+    distance a whole run can travel to ``eta_0 / alpha`` (10 for the 0.1
+    defaults), however long it is. Give ``alpha`` from the length of the run
+    (:func:`lyapopt.exponential_schedule`), or pass any optax schedule.
 
     Args:
-      learning_rate: ``eta_0`` or a schedule (decayed on top). The default,
-        1e-2, is larger than Adam's usual 1e-3 on purpose: the cap shortens
-        steps that overshoot. Much larger rates stay stable but, with
-        minibatches, the cap then fits each batch's own quadratic model and
-        test accuracy suffers (``benchmarks/RESULTS.md``).
+      learning_rate: ``eta_0`` or an optax schedule. The default, 1e-2, is
+        larger than Adam's usual 1e-3 on purpose: the cap shortens steps that
+        overshoot.
       b1: Adam's first-moment decay.
       b2: Adam's second-moment decay.
       eps: Adam's epsilon.
-      decay_rate: ``alpha``, the decay per epoch.
+      eps_root: Adam's epsilon inside the square root.
+      mu_dtype: the first moment's dtype, as in :func:`optax.adam`.
+      nesterov: NAdam's Nesterov momentum, as in :func:`optax.adam`.
+      decay_constant: the paper's ``alpha >= 0``, per epoch; 0: no decay.
       steps_per_epoch: steps in an epoch (1: ``alpha`` is per step).
-      curvature: whether to cap the step at the model's minimum.
-      safety: the cap's fraction of the model's minimum.
-      curvature_every: measure the curvature every this many steps.
-      max_scale: the most the cap may lengthen a step.
-      level: the energy level of :func:`lyapopt.scale_by_level`, or ``None``.
-      guard: the guard's mode, or ``None``.
-      decrease: the guard's sufficient-decrease ``sigma``.
+      safety: see :func:`lyapopt.stabilize` (``None``: no curvature cap).
+      curvature_every: see :func:`lyapopt.stabilize`.
+      max_scale: see :func:`lyapopt.stabilize`.
+      level: see :func:`lyapopt.stabilize` (``None``: no level cap).
+      guard: see :func:`lyapopt.stabilize` (``None``: no guard).
+      tolerance: see :func:`lyapopt.stabilize`.
+      max_backtracks: see :func:`lyapopt.stabilize`.
+      decrease: see :func:`lyapopt.stabilize`.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``. Pass ``value`` and
-      ``value_fn`` to its update when the cap, the level or the guard is on.
+      An ``optax.GradientTransformationExtraArgs``. Pass ``value_fn`` (and
+      ``value``) to its update when the cap, the level or the guard is on.
+
+    References:
+      Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, lyapopt
+      >>> f = lambda x: jnp.sum((x - 1.0) ** 2)
+      >>> tx = lyapopt.lyapunov_adam(1e3)  # an absurd rate stays stable
+      >>> x = jnp.zeros(3)
+      >>> state = tx.init(x)
+      >>> for _ in range(5):
+      ...     loss, grads = jax.value_and_grad(f)(x)
+      ...     updates, state = tx.update(grads, state, x, value=loss, value_fn=f)
+      ...     x = optax.apply_updates(x, updates)
+      >>> bool(f(x) < 1e-6)
+      True
     """
     where = "lyapunov_adam"
-    _check_common(where, learning_rate, curvature)
-    stages = dict(
-        curvature_every=curvature_every,
-        max_scale=max_scale,
-        level=level,
-        guard=guard,
-        decrease=decrease,
-    )
+    options = _options.collect(locals())
+    _check_rate(where, learning_rate)
     for name, beta in (("b1", b1), ("b2", b2)):
         check_number(
             where,
@@ -203,11 +256,19 @@ def lyapunov_adam(
             upper_open=True,
             fix="Pass a decay in [0, 1) such as 0.9 (b1) or 0.999 (b2).",
         )
-    check_number(
-        where, "eps", eps, lower=0.0, fix="Pass a small positive number such as 1e-8."
-    )
+    for name, value in (("eps", eps), ("eps_root", eps_root)):
+        check_number(
+            where, name, value, lower=0.0, fix="Pass a small number such as 1e-8."
+        )
     direction = optax.chain(
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-        _decayed(learning_rate, decay_rate, steps_per_epoch),
+        optax.scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+        ),
+        _rate(learning_rate, decay_constant, steps_per_epoch),
     )
-    return stabilize(direction, safety=safety if curvature else None, **stages)
+    return stabilize(direction, **options._asdict())

@@ -124,7 +124,11 @@ def require_value_fn(where: str, value_fn: Any) -> Callable[..., Any]:
         raise ValueError(
             f"{where} needs the extra argument `value_fn`, the loss as a function "
             "of the parameters on the current batch: call `tx.update(grads, state, "
-            "params, value=loss, value_fn=lambda p: loss_fn(p, batch))`."
+            "params, value=loss, value_fn=lambda p: loss_fn(p, batch))`. In a Flax "
+            "script: `optimizer.update(model, grads, value=loss, "
+            "value_fn=lyapopt.flax.nnx_value_fn(model, loss_fn, batch))` with NNX, "
+            "or `lyapopt.flax.apply_gradients(state, grads=grads, value=loss, "
+            "value_fn=...)` in place of Linen's `state.apply_gradients`."
         )
     if not callable(value_fn):
         raise TypeError(
@@ -132,6 +136,16 @@ def require_value_fn(where: str, value_fn: Any) -> Callable[..., Any]:
             f"{type(value_fn).__name__}."
         )
     return value_fn
+
+
+def require_leaves(where: str, params: Any) -> None:
+    """Raises ValueError when ``params`` has no array leaves to optimise."""
+    if not jax.tree.leaves(params):
+        raise ValueError(
+            f"{where}: `params` has no leaves, so there is nothing to optimise and "
+            "no loss to judge. Pass the tree of parameter arrays (e.g. "
+            "`variables['params']`, or `nnx.state(model, nnx.Param)`)."
+        )
 
 
 def check_like_params(where: str, name: str, tree: Any, params: Any) -> None:

@@ -8,57 +8,67 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from optax._src import numerics
 
 from lyapopt import _line
 from lyapopt._checks import (
     check_like_params,
     check_number,
+    require_leaves,
     require_params,
     require_value_fn,
 )
+from lyapopt._options import DEFAULTS
 
 _WHERE = "scale_by_curvature"
 
 
-class CurvatureState(NamedTuple):
+class ScaleByCurvatureState(NamedTuple):
     """State of :func:`scale_by_curvature`."""
 
     count: jax.Array  # int32, steps taken (saturating)
     s_star: jax.Array  # -g.u / u.Hu at the last finite step; +inf when no bound
     scale: jax.Array  # the factor applied to the updates at the last step
     curvature: jax.Array  # u.Hu / u.u, last measured (reused between measures)
+    nonfinite: jax.Array  # int32, steps whose update or curvature was not finite
 
 
 def cap_scale(
-    slope: jax.Array,
-    curvature: jax.Array,
+    unit_slope: jax.Array,
+    unit_curvature: jax.Array,
+    norm: jax.Array,
     safety: jax.Array | float,
     max_scale: jax.Array | float = 1.0,
-) -> tuple[jax.Array, jax.Array]:
-    """``(s*, scale)`` for a step with ``g.u = slope`` and ``u.Hu = curvature``.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(s*, scale, finite)`` for a step ``u`` of norm ``||u||``.
 
+    ``unit_slope = g.u / ||u||`` and ``unit_curvature = u.Hu / ||u||^2``.
     Along ``u`` the quadratic model ``m(s) = V + s g.u + s^2/2 u.Hu`` is
-    smallest at ``s* = -g.u / u.Hu``. The step is scaled by
-    ``min(max_scale, safety * s*)``, by ``max_scale`` when ``u.Hu <= 0``
-    (the model gives no bound), and by 0 when ``g.u >= 0`` (not a descent
-    direction) or a number is not finite.
+    smallest at ``s* = -g.u / u.Hu``, computed as
+    ``(-unit_slope / unit_curvature) / ||u||`` so that no intermediate
+    overflows. The step is scaled by ``min(max_scale, safety * s*)``, by
+    ``max_scale`` when ``u.Hu <= 0`` (the model gives no bound), and by 0 when
+    ``g.u >= 0`` (not a descent direction) or a number is not finite.
     """
-    dtype = slope.dtype
-    safety = jnp.asarray(safety, dtype)
-    max_scale = jnp.asarray(max_scale, dtype)
-    positive = curvature > 0
-    s_star = jnp.where(positive, -slope / jnp.where(positive, curvature, 1), jnp.inf)
-    ok = jnp.isfinite(slope) & jnp.isfinite(curvature) & (slope < 0)
+    dtype = unit_slope.dtype
+    safety = jnp.asarray(safety).astype(dtype)
+    max_scale = jnp.asarray(max_scale).astype(dtype)
+    norm = norm.astype(dtype)
+    positive = unit_curvature > 0
+    length = -unit_slope / jnp.where(positive, unit_curvature, 1)
+    s_star = jnp.where(positive, length / jnp.where(norm > 0, norm, 1), jnp.inf)
+    finite = (
+        jnp.isfinite(unit_slope) & jnp.isfinite(unit_curvature) & jnp.isfinite(norm)
+    )
+    ok = finite & (unit_slope < 0) & (norm > 0)
     scale = jnp.where(ok, jnp.minimum(max_scale, safety * s_star), 0)
-    return s_star.astype(dtype), scale.astype(dtype)
+    return s_star.astype(dtype), scale.astype(dtype), finite
 
 
 def scale_by_curvature(
-    safety: float | jax.Array = 1.0,
+    safety: float | jax.Array = DEFAULTS.safety,
     *,
-    every: int | jax.Array = 1,
-    max_scale: float | jax.Array = 1.0,
+    curvature_every: int | jax.Array = DEFAULTS.curvature_every,
+    max_scale: float | jax.Array = DEFAULTS.max_scale,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Caps the step at the minimum of the local quadratic model of the loss.
 
@@ -74,31 +84,51 @@ def scale_by_curvature(
     ``0 < safety < 2`` decreases the model. When ``g.u >= 0`` the update is
     not a descent direction and no step is taken; when ``u.Hu <= 0``
     (negative curvature) the model gives no bound and the step is
-    ``max_scale * u``; a non-finite number gives no step.
+    ``max_scale * u``; an update or a derivative that is not finite gives no
+    step and is counted in the state (``nonfinite``). The derivatives are
+    taken along ``u / ||u||``, so an absurd learning rate is capped, not
+    overflowed.
 
-    The paper (Chaudhary et al., JAIR 2025) argues monotone decrease of
-    ``V = L`` from a second-order Taylor expansion; this cap is this
-    project's construction from that argument, not a formula of the paper.
+    The paper argues monotone decrease of ``V = L`` from a second-order
+    Taylor expansion; this cap is this project's construction from that
+    argument, not a formula of the paper.
 
-    Both scalars come from one forward-over-forward call along ``u`` (0.9-1.4x
-    a ``value_and_grad`` in ``benchmarks/RESULTS.md``, about half a full
-    Hessian-vector product).
-    With ``every = k`` they are measured every ``k`` steps; in between the
-    last curvature ``u.Hu / u.u`` is reused and ``g.u`` is the dot product
-    of ``u`` with the ``grad`` extra argument when given (free), else one
-    forward-mode pass. A reused curvature is not a guarantee: chain
+    Both scalars come from one forward-over-forward call along ``u`` (about
+    half the cost of a full Hessian-vector product). With
+    ``curvature_every = k`` they are measured every ``k`` steps; in between
+    the last curvature ``u.Hu / u.u`` is reused and ``g.u`` is the dot
+    product of ``u`` with the ``grad`` extra argument when given (free),
+    else one forward-mode pass. A reused curvature is not a guarantee: chain
     :func:`lyapopt.lyapunov_guard` after it.
 
     Args:
       safety: the fraction of ``s*`` to take, ``> 0``.
-      every: measure the curvature every ``every >= 1`` steps.
+      curvature_every: measure the curvature every this many steps, ``>= 1``.
       max_scale: the largest factor, ``>= 1``; above 1 the cap may also
         lengthen a step that stops short of the model's minimum.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs
       ``params`` and the extra argument ``value_fn`` (the loss on the current
-      batch as a function of the parameters); ``grad`` is optional.
+      batch as a function of the parameters); ``grad`` is optional, and the
+      other extra arguments that ``value_fn`` names are passed on to it.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      On ``f(x) = 2 x^2`` from ``x = 1``, gradient descent at rate 1 would
+      jump to ``-3``; the cap stops at the minimum:
+
+      >>> import jax, jax.numpy as jnp, optax, lyapopt
+      >>> f = lambda x: 2 * jnp.sum(x**2)
+      >>> tx = optax.chain(optax.sgd(1.0), lyapopt.scale_by_curvature())
+      >>> x = jnp.array([1.0])
+      >>> updates, _ = tx.update(jax.grad(f)(x), tx.init(x), x, value_fn=f)
+      >>> optax.apply_updates(x, updates)
+      Array([0.], dtype=float32)
     """
     check_number(
         _WHERE,
@@ -110,8 +140,8 @@ def scale_by_curvature(
     )
     check_number(
         _WHERE,
-        "every",
-        every,
+        "curvature_every",
+        curvature_every,
         lower=1.0,
         integer=True,
         fix="Pass 1 to measure the curvature at every step.",
@@ -124,63 +154,59 @@ def scale_by_curvature(
         fix="Pass 1.0 never to lengthen a step.",
     )
 
-    def init_fn(params: optax.Params) -> CurvatureState:
+    def init_fn(params: optax.Params) -> ScaleByCurvatureState:
+        require_leaves(_WHERE, params)
         dtype = _line.scalar_dtype(params)
-        return CurvatureState(
-            count=jnp.zeros([], jnp.int32),
-            s_star=jnp.asarray(jnp.inf, dtype),
-            scale=jnp.ones([], dtype),
-            curvature=jnp.zeros([], dtype),
+        return ScaleByCurvatureState(
+            count=_line.scalar(0, jnp.int32),
+            s_star=_line.scalar(jnp.inf, dtype),
+            scale=_line.scalar(1, dtype),
+            curvature=_line.scalar(0, dtype),
+            nonfinite=_line.scalar(0, jnp.int32),
         )
 
     def update_fn(
         updates: optax.Updates,
-        state: CurvatureState,
+        state: ScaleByCurvatureState,
         params: optax.Params | None = None,
         *,
         value_fn: Any = None,
         grad: optax.Updates | None = None,
         **extra_args: Any,
-    ) -> tuple[optax.Updates, CurvatureState]:
-        del extra_args
+    ) -> tuple[optax.Updates, ScaleByCurvatureState]:
         require_params(_WHERE, params)
-        value_fn = require_value_fn(_WHERE, value_fn)
+        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args)
         check_like_params(_WHERE, "updates", updates, params)
         if grad is not None:
             check_like_params(_WHERE, "grad", grad, params)
         dtype = state.scale.dtype
-        sq_norm = optax.tree.norm(optax.tree.cast(updates, dtype), squared=True)
+        d = _line.direction(updates, dtype)
 
         def measure() -> tuple[jax.Array, jax.Array]:
-            _, slope, curv = _line.line_derivatives(
-                _WHERE, value_fn, params, updates, dtype
-            )
-            return slope, curv
+            return _line.unit_derivatives(_WHERE, value_fn, params, d, dtype)
 
         def reuse() -> tuple[jax.Array, jax.Array]:
-            if grad is not None:
-                slope = _line.grad_slope(grad, updates, dtype)
-            else:
-                _, slope = _line.slope(_WHERE, value_fn, params, updates, dtype)
-            return slope, state.curvature * sq_norm
+            slope = _line.slope(_WHERE, value_fn, params, d, dtype, grad)
+            return slope, state.curvature
 
-        if isinstance(every, int) and every == 1:
+        if isinstance(curvature_every, int) and curvature_every == 1:
             measured = jnp.asarray(True)
             slope, curv = measure()
         else:
-            measured = state.count % jnp.asarray(every, state.count.dtype) == 0
+            period = jnp.asarray(curvature_every).astype(state.count.dtype)
+            measured = state.count % period == 0
             slope, curv = lax.cond(measured, measure, reuse)
 
-        s_star, scale = cap_scale(slope, curv, safety, max_scale)
-        has_norm = measured & (sq_norm > 0) & jnp.isfinite(curv)
-        curvature = jnp.where(
-            has_norm, curv / jnp.where(has_norm, sq_norm, 1), state.curvature
-        )
-        return _line.scale_updates(updates, scale), CurvatureState(
-            count=numerics.safe_increment(state.count),
-            s_star=jnp.where(jnp.isnan(s_star), state.s_star, s_star),
+        s_star, scale, finite = cap_scale(slope, curv, d.norm, safety, max_scale)
+        keep = measured & finite & (d.norm > 0)
+        return _line.scale_updates(updates, scale), ScaleByCurvatureState(
+            count=optax.safe_increment(state.count),
+            s_star=jnp.where(finite, s_star, state.s_star),
             scale=scale,
-            curvature=curvature.astype(dtype),
+            curvature=jnp.where(keep, curv, state.curvature).astype(dtype),
+            nonfinite=jnp.where(
+                finite, state.nonfinite, optax.safe_increment(state.nonfinite)
+            ),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

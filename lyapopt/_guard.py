@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -9,22 +10,23 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 from jax.experimental import checkify
-from optax._src import numerics
 
 from lyapopt import _line
 from lyapopt._checks import (
     check_choice,
     check_like_params,
     check_number,
+    require_leaves,
     require_params,
     require_value_fn,
 )
+from lyapopt._options import DEFAULTS, GUARD_MODES
 
 _WHERE = "lyapunov_guard"
-MODES = ("record", "backtrack", "skip", "check")
+_INT32_MAX = int(jnp.iinfo(jnp.int32).max)
 
 
-class GuardState(NamedTuple):
+class LyapunovGuardState(NamedTuple):
     """State of :func:`lyapunov_guard`."""
 
     value_before: jax.Array  # V(theta), at the last step where it was finite
@@ -32,66 +34,152 @@ class GuardState(NamedTuple):
     scale: jax.Array  # the factor applied to the proposed step (0 = no step)
     backtracks: jax.Array  # int32, halvings used at the last step
     violations: jax.Array  # int32, steps whose proposal raised V (saturating)
-    nonfinite: jax.Array  # int32, steps where V(theta) was NaN or Inf (saturating)
+    nonfinite: jax.Array  # int32, steps where V(theta) or the update was not finite
+    value_mismatches: jax.Array  # int32, steps where `value` != value_fn(params)
+
+
+class _Judge(NamedTuple):
+    """What every mode needs to judge a step: V before, and the bound on V after."""
+
+    before: jax.Array  # V(theta), in the loss's dtype (at least the state's)
+    judged: jax.Array  # V(theta) and the update are finite: the step can be judged
+    required: jax.Array  # sigma * g.u: the decrease asked per unit of scale (<= 0)
+    value_at: Callable[[jax.Array], jax.Array]  # scale -> V(theta + scale u)
+    bound: jax.Array  # V(theta) + tolerance
+
+    def holds(self, after: jax.Array, scale: jax.Array) -> jax.Array:
+        """Whether ``V(theta + scale u) = after`` is accepted; False for NaN."""
+        demanded = scale * self.required
+        # A decrease below float resolution cannot be checked: ask only for
+        # no rise there, or converged steps would all be refused.
+        eps = jnp.finfo(self.before.dtype).eps
+        resolvable = -demanded > 8 * eps * jnp.abs(self.before)
+        return self.judged & (after <= self.bound + jnp.where(resolvable, demanded, 0))
+
+
+def _backtrack(
+    judge: _Judge, after: jax.Array, max_backtracks: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Halves the step until it holds: ``(scale, after, backtracks)``; scale 0 if never."""
+    one = jnp.ones([], after.dtype)
+
+    def shrinking(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        k, s, v = carry
+        return judge.judged & (k < max_backtracks) & ~judge.holds(v, s)
+
+    def halve(carry: tuple[jax.Array, jax.Array, jax.Array]):
+        k, s, _ = carry
+        return k + 1, s / 2, judge.value_at(s / 2)
+
+    backtracks, scale, after = lax.while_loop(
+        shrinking, halve, (jnp.zeros([], jnp.int32), one, after)
+    )
+    scale = jnp.where(judge.holds(after, scale), scale, 0)
+    return scale, after, backtracks
+
+
+def _mismatch(value: Any, before: jax.Array) -> jax.Array:
+    """Whether the caller's ``value`` disagrees with ``value_fn(params)``.
+
+    Beyond the square root of the coarser dtype's epsilon, relative: the two
+    differ by rounding when computed apart, not by a penalty term or another
+    batch.
+    """
+    v = _line.loss_scalar(_WHERE, value, before.dtype, name="value")
+    given = jnp.asarray(value).dtype
+    eps = max(float(jnp.finfo(given).eps), float(jnp.finfo(before.dtype).eps))
+    gap = jnp.abs(v.astype(before.dtype) - before)
+    return jnp.isfinite(before) & ~(gap <= jnp.sqrt(eps) * jnp.abs(before))
 
 
 def lyapunov_guard(
     *,
-    tolerance: float | jax.Array = 0.0,
-    mode: str = "backtrack",
-    max_backtracks: int | jax.Array = 8,
-    decrease: float | jax.Array = 0.0,
+    guard: str = "backtrack",
+    tolerance: float | jax.Array = DEFAULTS.tolerance,
+    max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
+    decrease: float | jax.Array = DEFAULTS.decrease,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Checks, and where asked enforces, that the step does not raise the loss.
 
-    The paper (Chaudhary et al., JAIR 2025) takes the loss as the Lyapunov
-    function, ``V(theta) = L(theta)``, and asks every step for a monotone
-    decrease. The guard evaluates ``V(theta + u)`` with ``value_fn`` on the
-    same batch and calls the step a *violation* when
+    The paper takes the loss as the Lyapunov function, ``V(theta) =
+    L(theta)``, and asks every step for a monotone decrease. The guard
+    evaluates ``V(theta)`` and ``V(theta + u)`` with ``value_fn`` on the same
+    batch and calls the step a *violation* when
 
     .. math::
-      V(\theta + u) > V(\theta) + \text{tolerance}
+      V(\theta + u) > V(\theta) + \text{tolerance} + \sigma\, g \cdot u
 
-    or when either value is not finite. With ``decrease = sigma > 0`` it also
-    asks for Armijo's sufficient decrease: a step ``s u`` must give
+    with Armijo's sufficient-decrease ``sigma = decrease``. On a quadratic
+    it accepts exactly the steps up to ``2 (1 - sigma)`` times the model's
+    minimum (``sigma = 1/2``: up to the minimum); the default 0.25 refuses
+    steps that overshoot the valley yet still lower the loss a little, the
+    steps that make a reused curvature unsafe. ``decrease = 0`` asks only
+    that the loss does not rise. ``g.u`` is the dot product with the
+    ``grad`` extra argument, else one forward-mode pass.
 
-    .. math::
-      V(\theta + s u) \le V(\theta) + \text{tolerance} + \sigma\, s\, g \cdot u
-
-    which, on a quadratic, accepts exactly the steps up to ``2 (1 - sigma)``
-    times the model's minimum (``sigma = 1/2``: up to the minimum). It
-    refuses steps that overshoot the valley yet still lower the loss a
-    little, the steps that make a reused curvature unsafe. ``g.u`` is the
-    dot product with the ``grad`` extra argument, else one forward-mode pass.
-
-    ``V(theta)`` is the ``value`` extra argument when given (pass it: it saves
-    a forward pass), else ``value_fn(params)``. What happens on a violation
-    depends on ``mode``:
+    What happens on a violation depends on ``guard``:
 
     - ``"record"``: the step is taken; the violation is counted.
-    - ``"backtrack"``: ``u`` is halved until ``V`` does not rise, at most
-      ``max_backtracks`` times; if it still rises, no step is taken.
+    - ``"backtrack"``: ``u`` is halved until it holds, at most
+      ``max_backtracks`` times; if it still fails, no step is taken.
     - ``"skip"``: no step is taken.
     - ``"check"``: as ``"record"``, plus a ``checkify`` check that raises
       when the user's jitted step is wrapped in
       ``chex.chexify(jax.jit(step), async_check=False)`` (``chexify`` must be
       the outermost wrapper; without it the check costs nothing).
 
+    The contract, and its limits:
+
+    - ``V(theta)`` is always ``value_fn(params)``, never the ``value`` extra
+      argument: a ``value`` computed on another batch or with a penalty term
+      would let real rises through. Under one ``jax.jit`` with the user's
+      ``value_and_grad`` XLA computes that forward pass once for both. When
+      ``value`` is given it is compared with ``value_fn(params)``; a
+      disagreement is counted (``value_mismatches``) and, in ``"check"``
+      mode, reported.
+    - ``V(theta + s u)`` is evaluated at the parameters as they will be
+      stored (bfloat16 parameters rounded to bfloat16), in the loss's dtype
+      when it is wider than the parameters'.
+    - The guard must be the last transform to touch the updates: a
+      transform after it (``optax.scale(5.0)``) changes a step that was
+      judged into one that was not.
+    - A step whose ``V(theta)`` or update is not finite is not taken and is
+      counted (``nonfinite``).
+
     In ``"backtrack"`` and ``"skip"`` modes an accepted step never raises
     ``V`` on the batch ``value_fn`` closes over, by construction; the
     population loss is another matter.
 
     Args:
+      guard: one of ``"record"``, ``"backtrack"``, ``"skip"``, ``"check"``.
       tolerance: the rise allowed, ``>= 0``.
-      mode: one of ``"record"``, ``"backtrack"``, ``"skip"``, ``"check"``.
       max_backtracks: halvings tried in ``"backtrack"`` mode, ``>= 0``.
-      decrease: Armijo's ``sigma`` in ``[0, 1)``; 0 asks only that the loss
-        does not rise.
+      decrease: Armijo's ``sigma`` in ``[0, 1)``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs ``params``
-      and the extra argument ``value_fn``; ``value`` and ``grad`` are optional.
+      and the extra argument ``value_fn``; ``grad`` and ``value`` are
+      optional, and the other extra arguments that ``value_fn`` names are
+      passed on to it.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      Gradient descent at rate 1 on ``f(x) = 2 x^2`` overshoots from 1 to
+      -3; the guard halves the step twice, to the minimum:
+
+      >>> import jax, jax.numpy as jnp, optax, lyapopt
+      >>> f = lambda x: 2 * jnp.sum(x**2)
+      >>> tx = optax.chain(optax.sgd(1.0), lyapopt.lyapunov_guard())
+      >>> x = jnp.array([1.0])
+      >>> updates, state = tx.update(jax.grad(f)(x), tx.init(x), x, value_fn=f)
+      >>> optax.apply_updates(x, updates), int(state[1].backtracks)
+      (Array([0.], dtype=float32), 2)
     """
+    check_choice(_WHERE, "guard", guard, GUARD_MODES)
     check_number(
         _WHERE,
         "tolerance",
@@ -99,7 +187,6 @@ def lyapunov_guard(
         lower=0.0,
         fix="Pass 0.0 to forbid any rise of the loss.",
     )
-    check_choice(_WHERE, "mode", mode, MODES)
     check_number(
         _WHERE,
         "decrease",
@@ -114,108 +201,124 @@ def lyapunov_guard(
         "max_backtracks",
         max_backtracks,
         lower=0.0,
+        upper=_INT32_MAX,
         integer=True,
-        fix="Pass 8, or 0 to skip a step that raises the loss.",
+        fix="Pass 8, or 0 to skip a step that raises the loss (the count is int32).",
     )
+    no_decrease = isinstance(decrease, (int, float)) and decrease == 0
 
-    def init_fn(params: optax.Params) -> GuardState:
+    def init_fn(params: optax.Params) -> LyapunovGuardState:
+        require_leaves(_WHERE, params)
         dtype = _line.scalar_dtype(params)
-        zero = jnp.zeros([], jnp.int32)
-        return GuardState(
-            value_before=jnp.zeros([], dtype),
-            value_after=jnp.zeros([], dtype),
-            scale=jnp.ones([], dtype),
-            backtracks=zero,
-            violations=zero,
-            nonfinite=zero,
+        return LyapunovGuardState(
+            value_before=_line.scalar(0, dtype),
+            value_after=_line.scalar(0, dtype),
+            scale=_line.scalar(1, dtype),
+            backtracks=_line.scalar(0, jnp.int32),
+            violations=_line.scalar(0, jnp.int32),
+            nonfinite=_line.scalar(0, jnp.int32),
+            value_mismatches=_line.scalar(0, jnp.int32),
+        )
+
+    def judge_step(
+        updates: optax.Updates,
+        params: optax.Params,
+        value_fn: _line.ValueFn,
+        grad: optax.Updates | None,
+        dtype: jnp.dtype,
+    ) -> _Judge:
+        before = _line.value(_WHERE, value_fn, params, dtype)
+        work = before.dtype
+        if no_decrease:
+            required = jnp.zeros([], work)
+            finite_step = jnp.isfinite(_line.tree_max_abs(updates, work))
+        else:
+            if grad is not None:
+                check_like_params(_WHERE, "grad", grad, params)
+            d = _line.direction(updates, work)
+            slope = _line.slope(_WHERE, value_fn, params, d, work, grad) * d.norm
+            required = jnp.asarray(decrease).astype(work) * jnp.minimum(slope, 0)
+            finite_step = d.finite
+
+        def value_at(scale: jax.Array) -> jax.Array:
+            return _line.value(
+                _WHERE, value_fn, _line.moved(params, updates, scale), work
+            )
+
+        return _Judge(
+            before=before,
+            judged=jnp.isfinite(before) & finite_step,
+            required=required,
+            value_at=value_at,
+            bound=before + jnp.asarray(tolerance).astype(work),
         )
 
     def update_fn(
         updates: optax.Updates,
-        state: GuardState,
+        state: LyapunovGuardState,
         params: optax.Params | None = None,
         *,
         value: jax.Array | None = None,
         value_fn: Any = None,
         grad: optax.Updates | None = None,
         **extra_args: Any,
-    ) -> tuple[optax.Updates, GuardState]:
-        del extra_args
+    ) -> tuple[optax.Updates, LyapunovGuardState]:
         require_params(_WHERE, params)
-        value_fn = require_value_fn(_WHERE, value_fn)
+        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args)
         check_like_params(_WHERE, "updates", updates, params)
         dtype = state.scale.dtype
-        if value is None:
-            before = _line.value(_WHERE, value_fn, params, dtype)
-        else:
-            before = jnp.asarray(value).astype(dtype)
-        bound = before + jnp.asarray(tolerance, dtype)
-        judged = jnp.isfinite(before)
-        if isinstance(decrease, (int, float)) and decrease == 0:
-            required = jnp.zeros([], dtype)  # per unit of scale
-        else:
-            if grad is not None:
-                check_like_params(_WHERE, "grad", grad, params)
-                slope = _line.grad_slope(grad, updates, dtype)
-            else:
-                _, slope = _line.slope(_WHERE, value_fn, params, updates, dtype)
-            required = jnp.asarray(decrease, dtype) * jnp.minimum(slope, 0)
-
-        def value_at(scale: jax.Array) -> jax.Array:
-            moved = optax.apply_updates(params, _line.scale_updates(updates, scale))
-            return _line.value(_WHERE, value_fn, moved, dtype)
-
-        def holds(v: jax.Array, scale: jax.Array) -> jax.Array:
-            # False for NaN on either side: a step we cannot judge is refused.
-            demanded = scale * required
-            # A decrease below float resolution cannot be checked: ask only
-            # for no rise there, or converged steps would all be refused.
-            resolvable = -demanded > 8 * jnp.finfo(dtype).eps * jnp.abs(before)
-            return judged & (v <= bound + jnp.where(resolvable, demanded, 0))
-
-        one = jnp.ones([], dtype)
-        after = value_at(one)
-        violated = judged & ~holds(after, one)
+        judge = judge_step(updates, params, value_fn, grad, dtype)
+        one = jnp.ones([], judge.before.dtype)
+        after = judge.value_at(one)
+        holds = judge.holds(after, one)
+        mismatch = (
+            jnp.asarray(False) if value is None else _mismatch(value, judge.before)
+        )
         scale, backtracks = one, jnp.zeros([], jnp.int32)
-        if mode == "check":
+        if guard == "check":
             checkify.check(
-                holds(after, one),
+                holds | ~judge.judged,
                 "lyapunov_guard: the step raised the loss from {before} to {after} "
-                "(tolerance {tol}).",
-                before=before,
+                "(tolerance {tol}, decrease {sigma}).",
+                before=judge.before,
                 after=after,
-                tol=jnp.asarray(tolerance, dtype),
+                tol=jnp.asarray(tolerance),
+                sigma=jnp.asarray(decrease),
                 debug=True,
             )
-        elif mode == "skip":
-            scale = jnp.where(holds(after, one), one, 0).astype(dtype)
-        elif mode == "backtrack":
-
-            def shrinking(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-                k, s, v = carry
-                return judged & (k < max_backtracks) & ~holds(v, s)
-
-            def halve(carry: tuple[jax.Array, jax.Array, jax.Array]):
-                k, s, _ = carry
-                return k + 1, s / 2, value_at(s / 2)
-
-            backtracks, scale, after = lax.while_loop(
-                shrinking, halve, (backtracks, scale, after)
+            checkify.check(
+                ~mismatch,
+                "lyapunov_guard: `value` ({value}) is not value_fn(params) "
+                "({before}): the guard judges value_fn's loss; pass the same batch "
+                "and loss to both.",
+                value=jnp.asarray(value if value is not None else 0),
+                before=judge.before,
+                debug=True,
             )
-            scale = jnp.where(holds(after, scale), scale, 0).astype(dtype)
-        if mode in ("skip", "backtrack"):
-            after = jnp.where(scale > 0, after, before)
+        elif guard == "skip":
+            scale = jnp.where(holds, one, 0)
+        elif guard == "backtrack":
+            scale, after, backtracks = _backtrack(judge, after, max_backtracks)
+        if guard in ("skip", "backtrack"):
+            after = jnp.where(scale > 0, after, judge.before)
+        else:  # record, check: the step is taken unless it cannot be judged
+            scale = jnp.where(judge.judged, one, 0)
 
         def count(event: jax.Array, n: jax.Array) -> jax.Array:
-            return jnp.where(event, numerics.safe_increment(n), n)
+            return jnp.where(event, optax.safe_increment(n), n)
 
-        return _line.scale_updates(updates, scale), GuardState(
-            value_before=jnp.where(judged, before, state.value_before),
-            value_after=jnp.where(jnp.isfinite(after), after, state.value_after),
-            scale=scale,
+        return _line.scale_updates(updates, scale), LyapunovGuardState(
+            value_before=jnp.where(
+                jnp.isfinite(judge.before), judge.before, state.value_before
+            ).astype(dtype),
+            value_after=jnp.where(jnp.isfinite(after), after, state.value_after).astype(
+                dtype
+            ),
+            scale=scale.astype(dtype),
             backtracks=backtracks,
-            violations=count(violated, state.violations),
-            nonfinite=count(~judged, state.nonfinite),
+            violations=count(judge.judged & ~holds, state.violations),
+            nonfinite=count(~judge.judged, state.nonfinite),
+            value_mismatches=count(mismatch, state.value_mismatches),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -9,26 +9,29 @@ import jax.numpy as jnp
 import optax
 
 from lyapopt import _line
-from lyapopt._checks import check_like_params, check_number, require_params
+from lyapopt._checks import (
+    check_like_params,
+    check_number,
+    require_leaves,
+    require_params,
+)
 
 _WHERE = "scale_by_level"
 
 
-class LevelState(NamedTuple):
+class ScaleByLevelState(NamedTuple):
     """State of :func:`scale_by_level`."""
 
-    # (V - target) / (-g.u) at the last finite step; +inf where there is no bound.
+    # (V - level) / (-g.u) at the last finite step; +inf where there is no bound.
     s_level: jax.Array
     scale: jax.Array  # the factor applied to the updates at the last step
 
 
-def scale_by_level(
-    target: float | jax.Array = 0.0,
-) -> optax.GradientTransformationExtraArgs:
-    r"""Caps the step where the linear model of the loss reaches ``target``.
+def scale_by_level(level: float | jax.Array) -> optax.GradientTransformationExtraArgs:
+    r"""Caps the step where the linear model of the loss reaches ``level``.
 
     Along the update ``u`` the linear model ``V + s g.u`` reaches the level
-    ``lambda* = target`` at ``s = (V - lambda*) / (-g.u)``; the updates are
+    ``lambda* = level`` at ``s = (V - lambda*) / (-g.u)``; the updates are
     scaled by
 
     .. math::
@@ -36,75 +39,96 @@ def scale_by_level(
 
     when ``g.u < 0``, and kept when ``g.u >= 0`` (the model never reaches the
     level). With ``u = -g`` it is the Polyak step capped at ``u``. The
-    paper (Chaudhary et al., JAIR 2025) speaks of step sizes adapted to the
-    "energy-level geometry"; this cap is this project's reading of it.
+    paper speaks of step sizes adapted to the "energy-level geometry"; this
+    cap is this project's reading of it.
 
-    ``V`` is the ``value`` extra argument (else ``value_fn(params)``); ``g.u``
-    is the dot product with the ``grad`` extra argument when given, else one
+    ``V`` is ``value_fn(params)`` when ``value_fn`` is given (under one
+    ``jax.jit`` with the user's ``value_and_grad``, XLA computes that forward
+    pass once for both), else the ``value`` extra argument. ``g.u`` is the
+    dot product with the ``grad`` extra argument when given, else one
     forward-mode pass of ``value_fn`` along ``u``.
 
     Args:
-      target: ``lambda*``, a level the loss cannot go below (0 for most
+      level: ``lambda*``, a level the loss cannot go below (0 for most
         losses; the best loss reachable, where it is known).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs
-      ``value`` or ``value_fn``, and ``grad`` or ``value_fn`` with ``params``.
+      ``value_fn`` (with ``params``), or both ``value`` and ``grad``.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      On ``f(x) = x^2`` from ``x = 1`` a step of ``-10 g`` is cut where the
+      linear model reaches 0, the Polyak step:
+
+      >>> import jax, jax.numpy as jnp, optax, lyapopt
+      >>> f = lambda x: jnp.sum(x**2)
+      >>> tx = optax.chain(optax.sgd(10.0), lyapopt.scale_by_level(0.0))
+      >>> x = jnp.array([1.0])
+      >>> updates, _ = tx.update(jax.grad(f)(x), tx.init(x), x, value_fn=f)
+      >>> updates
+      Array([-0.5], dtype=float32)
     """
     check_number(
-        _WHERE, "target", target, fix="Pass a lower bound of the loss, such as 0.0."
+        _WHERE, "level", level, fix="Pass a lower bound of the loss, such as 0.0."
     )
 
-    def init_fn(params: optax.Params) -> LevelState:
+    def init_fn(params: optax.Params) -> ScaleByLevelState:
+        require_leaves(_WHERE, params)
         dtype = _line.scalar_dtype(params)
-        return LevelState(
-            s_level=jnp.asarray(jnp.inf, dtype), scale=jnp.ones([], dtype)
+        return ScaleByLevelState(
+            s_level=_line.scalar(jnp.inf, dtype), scale=_line.scalar(1, dtype)
         )
 
     def update_fn(
         updates: optax.Updates,
-        state: LevelState,
+        state: ScaleByLevelState,
         params: optax.Params | None = None,
         *,
         value: jax.Array | None = None,
         value_fn: Any = None,
         grad: optax.Updates | None = None,
         **extra_args: Any,
-    ) -> tuple[optax.Updates, LevelState]:
-        del extra_args
+    ) -> tuple[optax.Updates, ScaleByLevelState]:
         dtype = state.scale.dtype
-        if grad is None or value is None:
-            if value_fn is None:
-                missing = "`grad`" if value is not None else "`value` or `value_fn`"
+        if value_fn is None:
+            if grad is None or value is None:
+                missing = "`grad`" if value is not None else "`value`"
                 raise ValueError(
-                    f"{_WHERE} needs {missing}: call `tx.update(grads, state, params, "
-                    "value=loss, grad=grads)` or pass "
-                    "`value_fn=lambda p: loss_fn(p, batch)` with `params`."
+                    f"{_WHERE} needs `value_fn`, or else both `value` and `grad`; "
+                    f"{missing} is missing: call `tx.update(grads, state, params, "
+                    "value_fn=lambda p: loss_fn(p, batch))`, or pass "
+                    "`value=loss, grad=grads`."
                 )
+            v = _line.loss_scalar(_WHERE, value, dtype, name="value")
+        else:
             require_params(_WHERE, params)
             check_like_params(_WHERE, "updates", updates, params)
-        if grad is not None:
-            if jax.tree.structure(grad) != jax.tree.structure(updates):
-                raise ValueError(
-                    f"{_WHERE}: `grad` and `updates` must have the same tree "
-                    f"structure; got {jax.tree.structure(grad)} and "
-                    f"{jax.tree.structure(updates)}."
-                )
-            slope = _line.grad_slope(grad, updates, dtype)
-            v = _line.value(_WHERE, value_fn, params, dtype) if value is None else value
-        else:
-            v, slope = _line.slope(_WHERE, value_fn, params, updates, dtype)
-            v = v if value is None else value
-        v = jnp.asarray(v).astype(dtype)
+            value_fn = _line.bind(value_fn, extra_args)
+            v = _line.value(_WHERE, value_fn, params, dtype)
+        if grad is not None and jax.tree.structure(grad) != jax.tree.structure(updates):
+            raise ValueError(
+                f"{_WHERE}: `grad` and `updates` must have the same tree "
+                f"structure; got {jax.tree.structure(grad)} and "
+                f"{jax.tree.structure(updates)}."
+            )
+        d = _line.direction(updates, v.dtype)
+        slope = _line.slope(_WHERE, value_fn, params, d, v.dtype, grad)
         descent = slope < 0
+        gap = v - jnp.asarray(level).astype(v.dtype)
+        unit_length = gap / jnp.where(descent, -slope, 1)
         s_level = jnp.where(
-            descent, (v - target) / jnp.where(descent, -slope, 1), jnp.inf
-        ).astype(dtype)
-        finite = jnp.isfinite(v) & jnp.isfinite(slope)
+            descent, unit_length / jnp.where(d.norm > 0, d.norm, 1), jnp.inf
+        )
+        finite = jnp.isfinite(v) & jnp.isfinite(slope) & d.finite
         scale = jnp.where(finite, jnp.clip(s_level, 0, 1), 0).astype(dtype)
-        s_level = jnp.where(finite, s_level, state.s_level)
-        return _line.scale_updates(updates, scale), LevelState(
-            s_level=s_level, scale=scale
+        return _line.scale_updates(updates, scale), ScaleByLevelState(
+            s_level=jnp.where(finite, s_level, state.s_level).astype(dtype),
+            scale=scale,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

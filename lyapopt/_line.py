@@ -4,43 +4,162 @@ For parameters ``theta`` and a proposed update ``u`` the line is
 ``phi(s) = V(theta + s u)``. Its value and first two derivatives at ``s = 0``
 are ``V``, ``g.u`` and ``u.Hu``; forward-over-forward differentiation gives
 all three in one call, without the full Hessian-vector product.
+
+The derivatives are taken along the unit direction ``u / ||u||`` and the
+norm is kept apart, so that an absurd learning rate (``||u|| = 1e20``) does
+not overflow ``u.Hu``: every rule works with ``g.u / ||u||`` and
+``u.Hu / ||u||^2`` and divides by ``||u||`` last.
+
+The tree reductions here are written out leaf by leaf (a sum of elementwise
+products) rather than with ``optax.tree.vdot``, which flattens and reshapes
+its leaves and so fails under JAX's explicit sharding
+("ShardingTypeError: This reshape is not supported").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
-ValueFn = Callable[[Any], jax.Array]
+ValueFn = Callable[..., Any]
+
+# The extra arguments that optax gives a meaning; every other one is meant
+# for `value_fn` (as in optax.scale_by_backtracking_linesearch).
+OPTAX_EXTRA_ARGS = ("value", "grad", "value_fn")
+
+
+def real_dtype(dtype: Any) -> jnp.dtype:
+    """The real dtype of ``dtype``: complex64 -> float32, complex128 -> float64."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.finfo(dtype).dtype
+    return dtype
 
 
 def scalar_dtype(tree: Any) -> jnp.dtype:
-    """The dtype of the step-size arithmetic: at least float32.
+    """The dtype of the step-size arithmetic: the leaves' real dtype, at least float32.
 
     bfloat16 and float16 parameters get their curvature and guard scalars in
-    float32; float64 parameters (with x64 enabled) keep float64.
+    float32; float64 (and complex128) parameters keep float64. Works on
+    ``jax.ShapeDtypeStruct`` leaves, as ``jax.eval_shape`` passes them.
     """
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.dtype(jnp.float32)
-    highest = optax.tree.dtype(tree, "highest")
-    if not jnp.issubdtype(highest, jnp.floating):
-        highest = jnp.float32
-    return jnp.promote_types(highest, jnp.float32)
+    dtype = jnp.dtype(jnp.float32)
+    for leaf in jax.tree.leaves(tree):
+        leaf_dtype = real_dtype(getattr(leaf, "dtype", None) or jnp.result_type(leaf))
+        if jnp.issubdtype(leaf_dtype, jnp.floating):
+            dtype = jnp.promote_types(dtype, leaf_dtype)
+    return dtype
 
 
-def _as_scalar(where: str, v: Any, dtype: jnp.dtype) -> jax.Array:
+def scalar(value: Any, dtype: Any) -> jax.Array:
+    """A fresh scalar array: every state field gets its own buffer (donation)."""
+    return jnp.full([], value, dtype)
+
+
+def is_complex(tree: Any) -> bool:
+    """Whether any leaf of ``tree`` is complex."""
+    return any(
+        jnp.issubdtype(jnp.result_type(x), jnp.complexfloating)
+        for x in jax.tree.leaves(tree)
+    )
+
+
+def tree_dot(a: Any, b: Any, dtype: Any) -> jax.Array:
+    """``Re <a, b> = sum Re(conj(a) b)`` over the leaves, in ``dtype``."""
+
+    def leaf(x: jax.Array, y: jax.Array) -> jax.Array:
+        work = jnp.promote_types(jnp.result_type(x, y), dtype)
+        return jnp.sum(jnp.real(jnp.conj(x.astype(work)) * y.astype(work)), dtype=dtype)
+
+    return sum(jax.tree.leaves(jax.tree.map(leaf, a, b)), jnp.zeros([], dtype))
+
+
+def tree_max_abs(tree: Any, dtype: Any) -> jax.Array:
+    """``max |x|`` over the leaves, in ``dtype`` (NaN if any leaf holds one)."""
+    maxima = [jnp.max(jnp.abs(x)).astype(dtype) for x in jax.tree.leaves(tree)]
+    out = jnp.zeros([], dtype)
+    for m in maxima:
+        # jnp.maximum propagates NaN, as the test for a finite step needs.
+        out = jnp.maximum(out, m)
+    return out
+
+
+def tree_norm(tree: Any, dtype: Any) -> jax.Array:
+    """The global L2 norm, without overflow: ``m * ||x / m||`` with ``m = max |x|``.
+
+    NaN when a leaf holds a NaN, Inf when it holds an Inf.
+    """
+    m = tree_max_abs(tree, dtype)
+    safe = jnp.where(jnp.isfinite(m) & (m > 0), m, 1)
+    scaled = jax.tree.map(lambda x: x / safe.astype(x.dtype), tree)
+    return m * jnp.sqrt(tree_dot(scaled, scaled, dtype))
+
+
+def value_fn_kwargs(value_fn: ValueFn, extra_args: Mapping[str, Any]) -> dict:
+    """The extra arguments meant for ``value_fn``: those its signature names.
+
+    The rule of ``optax.scale_by_backtracking_linesearch``, so code written
+    for it works unchanged: ``tx.update(..., value_fn=f, batch=b)`` calls
+    ``f(params, batch=b)``. The other extra arguments are ignored.
+    """
+    extra = {k: v for k, v in extra_args.items() if k not in OPTAX_EXTRA_ARGS}
+    if not extra:
+        return {}
+    try:
+        names = inspect.signature(value_fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return {}
+    return {k: v for k, v in extra.items() if k in names}
+
+
+def bind(value_fn: ValueFn, extra_args: Mapping[str, Any]) -> ValueFn:
+    """``value_fn`` with its extra arguments bound: a function of the params alone."""
+    kwargs = value_fn_kwargs(value_fn, extra_args)
+    if not kwargs:
+        return value_fn
+    return lambda params: value_fn(params, **kwargs)
+
+
+def loss_scalar(where: str, v: Any, dtype: Any, name: str = "value_fn") -> jax.Array:
+    """Checks a loss and returns it in ``dtype`` or the loss's own wider dtype.
+
+    A float64 loss on float32 parameters keeps float64: rounding it to the
+    parameters' precision could hide a real rise.
+    """
+    what = "`value_fn` returned" if name == "value_fn" else f"`{name}` is"
+    if isinstance(v, (tuple, list, dict)):
+        raise TypeError(
+            f"{where}: {what} a {type(v).__name__}, not a scalar loss. For a loss "
+            "with auxiliary outputs (`has_aux`), pass only the loss: "
+            "`value_fn=lambda p: loss_fn(p, batch)[0]`, `value=loss` (not "
+            "`(loss, aux)`); with Flax NNX use `lyapopt.flax.nnx_value_fn(..., "
+            "has_aux=True)`."
+        )
     v = jnp.asarray(v)
     if v.shape != ():
         raise ValueError(
-            f"{where}: `value_fn` must return a scalar loss, got shape {v.shape}. "
-            "Reduce it (e.g. with `.mean()`) or drop the auxiliary outputs."
+            f"{where}: {what} an array of shape {v.shape}, not a scalar loss. "
+            "Reduce it to one number, e.g. with `.mean()`."
         )
-    return v.astype(dtype)
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: {what} a loss of dtype {v.dtype}; it must be a real "
+            "floating-point scalar. Compute the loss in floating point (e.g. "
+            "`.astype(jnp.float32)`): a step cannot be judged on an integer or "
+            "complex loss."
+        )
+    return v.astype(jnp.promote_types(dtype, v.dtype))
+
+
+def value(where: str, value_fn: ValueFn, params: Any, dtype: Any) -> jax.Array:
+    """``V(params)``, checked, in at least ``dtype``."""
+    return loss_scalar(where, value_fn(params), dtype)
 
 
 def _promoted(tree: Any) -> Any:
@@ -49,50 +168,79 @@ def _promoted(tree: Any) -> Any:
     )
 
 
-def value(where: str, value_fn: ValueFn, params: Any, dtype: jnp.dtype) -> jax.Array:
-    """``V(params)`` as a scalar of ``dtype``."""
-    return _as_scalar(where, value_fn(params), dtype)
+class Direction(NamedTuple):
+    """A proposed update as its norm and its unit direction."""
+
+    norm: jax.Array  # ||u||, NaN or Inf when u holds a NaN or an Inf
+    unit: Any  # u / ||u|| in at least float32; zero when ||u|| is 0 or not finite
+    finite: jax.Array  # whether ||u|| is finite
+
+
+def direction(updates: Any, dtype: Any) -> Direction:
+    """Splits ``updates`` into its norm and its unit direction (no overflow)."""
+    norm = tree_norm(updates, dtype)
+    finite = jnp.isfinite(norm)
+    inv = jnp.where(finite & (norm > 0), 1 / jnp.where(norm > 0, norm, 1), 0)
+    unit = jax.tree.map(
+        lambda u: jnp.where(finite, u, 0) * inv.astype(u.dtype), _promoted(updates)
+    )
+    return Direction(norm, unit, finite)
+
+
+def unit_slope(
+    where: str, value_fn: ValueFn, params: Any, d: Direction, dtype: Any
+) -> jax.Array:
+    """``g.u / ||u||``: one forward-mode pass along the unit direction."""
+    _, slope = jax.jvp(
+        lambda p: value(where, value_fn, p, dtype), (_promoted(params),), (d.unit,)
+    )
+    return slope
+
+
+def unit_grad_slope(grad: Any, d: Direction, dtype: Any) -> jax.Array:
+    """``g.u / ||u||`` as a dot product with a given gradient: no pass over data."""
+    return tree_dot(grad, d.unit, dtype)
 
 
 def slope(
-    where: str, value_fn: ValueFn, params: Any, updates: Any, dtype: jnp.dtype
-) -> tuple[jax.Array, jax.Array]:
-    """``(V, g.u)``: one forward-mode pass along ``updates``."""
-    base, direction = _promoted(params), _promoted(updates)
-    v, gu = jax.jvp(
-        lambda p: _as_scalar(where, value_fn(p), dtype), (base,), (direction,)
-    )
-    return v, gu
+    where: str,
+    value_fn: ValueFn | None,
+    params: Any,
+    d: Direction,
+    dtype: Any,
+    grad: Any = None,
+) -> jax.Array:
+    """``g.u / ||u||`` from ``grad`` when given, else by a forward-mode pass.
 
-
-def grad_slope(grad: Any, updates: Any, dtype: jnp.dtype) -> jax.Array:
-    """``g.u`` as a dot product with a given gradient ``g``: no pass over data."""
-    return optax.tree.vdot(
-        optax.tree.cast(grad, dtype), optax.tree.cast(updates, dtype)
-    ).astype(dtype)
-
-
-def line_derivatives(
-    where: str, value_fn: ValueFn, params: Any, updates: Any, dtype: jnp.dtype
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(V, g.u, u.Hu)`` by forward-over-forward differentiation along ``u``.
-
-    A ``jax.jvp`` of a ``jax.jvp``, both in the direction ``u``: the inner one
-    gives ``g.u``, the outer one its derivative ``u.Hu``. The primal is
-    evaluated at ``params`` itself, so under one ``jax.jit`` with the user's
-    ``value_and_grad`` XLA computes the forward pass once for both.
-    Low-precision parameters are promoted to float32 for this evaluation, so
-    the second derivative is not lost to bfloat16 rounding.
+    Complex parameters always take the forward-mode pass: what a complex
+    "gradient" means depends on a convention (JAX's ``grad`` or its
+    conjugate, which optax's tests pass), and the pass needs none.
     """
-    base, direction = _promoted(params), _promoted(updates)
+    if grad is not None and (value_fn is None or not is_complex(params)):
+        return unit_grad_slope(grad, d, dtype)
+    if value_fn is None:
+        raise ValueError(f"{where} needs `grad` or `value_fn` to compute g.u.")
+    return unit_slope(where, value_fn, params, d, dtype)
+
+
+def unit_derivatives(
+    where: str, value_fn: ValueFn, params: Any, d: Direction, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+    """``(g.u / ||u||, u.Hu / ||u||^2)`` by forward-over-forward differentiation.
+
+    A ``jax.jvp`` of a ``jax.jvp``, both along the unit direction: the inner
+    one gives the slope, the outer one its derivative, the curvature. The
+    primal is evaluated at ``params`` itself, so under one ``jax.jit`` with
+    the user's ``value_and_grad`` XLA computes the forward pass once for
+    both. Low-precision parameters are promoted to float32 for this
+    evaluation, so the second derivative is not lost to bfloat16 rounding.
+    """
 
     def v_and_slope(p: Any) -> tuple[jax.Array, jax.Array]:
-        return jax.jvp(
-            lambda q: _as_scalar(where, value_fn(q), dtype), (p,), (direction,)
-        )
+        return jax.jvp(lambda q: value(where, value_fn, q, dtype), (p,), (d.unit,))
 
-    (v, gu), (_, uhu) = jax.jvp(v_and_slope, (base,), (direction,))
-    return v, gu, uhu
+    (_, gu), (_, uhu) = jax.jvp(v_and_slope, (_promoted(params),), (d.unit,))
+    return gu, uhu
 
 
 def scale_updates(updates: Any, scale: jax.Array) -> Any:
@@ -105,4 +253,27 @@ def scale_updates(updates: Any, scale: jax.Array) -> Any:
     return jax.tree.map(
         lambda u: jnp.where(take, u * scale.astype(u.dtype), jnp.zeros_like(u)),
         updates,
+    )
+
+
+def _stored(x: jax.Array) -> jax.Array:
+    """``x`` rounded to its own dtype, as it will be stored.
+
+    XLA may keep a bfloat16 sum in float32 ("excess precision") until it is
+    written; ``lax.reduce_precision`` forces the rounding, so the loss is
+    judged at the parameters the user will hold.
+    """
+    dtype = jnp.dtype(x.dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        info = jnp.finfo(dtype)
+        return lax.reduce_precision(
+            x, exponent_bits=info.nexp, mantissa_bits=info.nmant
+        )
+    return x
+
+
+def moved(params: Any, updates: Any, scale: jax.Array) -> Any:
+    """``params + scale * updates``, rounded as ``optax.apply_updates`` stores it."""
+    return jax.tree.map(
+        _stored, optax.apply_updates(params, scale_updates(updates, scale))
     )

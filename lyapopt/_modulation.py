@@ -7,22 +7,21 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
 
 from lyapopt._checks import check_number
-from lyapopt._line import scalar_dtype, scale_updates
+from lyapopt import _line
 
 
-class ModulationState(NamedTuple):
+class ScaleByGradientModulationState(NamedTuple):
     """State of :func:`scale_by_gradient_modulation`."""
 
-    factor: jax.Array  # 1 / (1 + strength * ||u||) applied at the last step
+    factor: jax.Array  # 1 / (1 + modulation * ||u||) applied at the last step
     norm: jax.Array  # ||u||, the global L2 norm, at the last finite step
     nonfinite: jax.Array  # int32, steps whose updates held a NaN or an Inf
 
 
 def scale_by_gradient_modulation(
-    strength: float | jax.Array = 1.0,
+    modulation: float | jax.Array = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scales the updates down where the gradient is large.
 
@@ -42,7 +41,7 @@ def scale_by_gradient_modulation(
     cap nor the guard.
 
     Args:
-      strength: ``beta >= 0``.
+      modulation: ``beta >= 0``, the strength.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state holds the
@@ -50,32 +49,33 @@ def scale_by_gradient_modulation(
     """
     check_number(
         "scale_by_gradient_modulation",
-        "strength",
-        strength,
+        "modulation",
+        modulation,
         lower=0.0,
         fix="Pass 1.0 for the paper's rule, or 0.0 to turn it off.",
     )
 
-    def init_fn(params: optax.Params) -> ModulationState:
-        dtype = scalar_dtype(params)
-        return ModulationState(
-            factor=jnp.ones([], dtype),
-            norm=jnp.zeros([], dtype),
-            nonfinite=jnp.zeros([], jnp.int32),
+    def init_fn(params: optax.Params) -> ScaleByGradientModulationState:
+        dtype = _line.scalar_dtype(params)
+        return ScaleByGradientModulationState(
+            factor=_line.scalar(1, dtype),
+            norm=_line.scalar(0, dtype),
+            nonfinite=_line.scalar(0, jnp.int32),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         dtype = state.factor.dtype
-        norm = optax.tree.norm(optax.tree.cast(updates, dtype))
+        norm = _line.tree_norm(updates, dtype)
         finite = jnp.isfinite(norm)
-        factor = jnp.where(finite, 1.0 / (1.0 + jnp.asarray(strength, dtype) * norm), 0)
-        updates = scale_updates(updates, factor)
-        return updates, ModulationState(
+        beta = jnp.asarray(modulation).astype(dtype)
+        factor = jnp.where(finite, 1.0 / (1.0 + beta * norm), 0)
+        updates = _line.scale_updates(updates, factor)
+        return updates, ScaleByGradientModulationState(
             factor=factor.astype(dtype),
             norm=jnp.where(finite, norm, state.norm),
             nonfinite=jnp.where(
-                finite, state.nonfinite, numerics.safe_increment(state.nonfinite)
+                finite, state.nonfinite, optax.safe_increment(state.nonfinite)
             ),
         )
 

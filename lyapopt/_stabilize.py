@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lyapopt import _options
 from lyapopt._checks import check_choice
 from lyapopt._curvature import scale_by_curvature
-from lyapopt._guard import MODES, lyapunov_guard
+from lyapopt._guard import lyapunov_guard
 from lyapopt._level import scale_by_level
+from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 
 # optax.apply_if_finite gives up after this many non-finite steps in a row;
 # a stabilised optimizer never lets a NaN through, so it never gives up.
@@ -22,22 +24,53 @@ class StabilizeState(NamedTuple):
     """State of :func:`stabilize`: the wrapped optimizer's, then each stage's."""
 
     inner_state: Any  # optax.ApplyIfFiniteState around the wrapped state
-    curvature: Any  # CurvatureState, or optax.EmptyState without the cap
-    level: Any  # LevelState, or optax.EmptyState without the level cap
-    guard: Any  # GuardState, or optax.EmptyState without the guard
+    curvature: Any  # ScaleByCurvatureState, or optax.EmptyState without the cap
+    level: Any  # ScaleByLevelState, or optax.EmptyState without the level cap
+    guard: Any  # LyapunovGuardState, or optax.EmptyState without the guard
+
+
+def stage_transforms(
+    options: StageOptions,
+) -> tuple[optax.GradientTransformationExtraArgs, ...]:
+    """The curvature cap, the level cap and the guard that ``options`` asks for.
+
+    A stage that is off is ``optax.identity()``, so the state keeps its shape.
+    """
+    check_choice("stabilize", "guard", options.guard, (*GUARD_MODES, None))
+    stages = (
+        scale_by_curvature(
+            options.safety,
+            curvature_every=options.curvature_every,
+            max_scale=options.max_scale,
+        )
+        if options.safety is not None
+        else optax.identity(),
+        scale_by_level(options.level)
+        if options.level is not None
+        else optax.identity(),
+        lyapunov_guard(
+            guard=options.guard,
+            tolerance=options.tolerance,
+            max_backtracks=options.max_backtracks,
+            decrease=options.decrease,
+        )
+        if options.guard is not None
+        else optax.identity(),
+    )
+    return tuple(optax.with_extra_args_support(s) for s in stages)
 
 
 def stabilize(
     tx: optax.GradientTransformation,
     *,
-    safety: float | jax.Array | None = 1.0,
-    curvature_every: int | jax.Array = 1,
-    max_scale: float | jax.Array = 1.0,
-    level: float | jax.Array | None = None,
-    guard: str | None = "backtrack",
-    tolerance: float | jax.Array = 0.0,
-    max_backtracks: int | jax.Array = 8,
-    decrease: float | jax.Array = 0.25,
+    safety: float | jax.Array | None = DEFAULTS.safety,
+    curvature_every: int | jax.Array = DEFAULTS.curvature_every,
+    max_scale: float | jax.Array = DEFAULTS.max_scale,
+    level: float | jax.Array | None = DEFAULTS.level,
+    guard: str | None = DEFAULTS.guard,
+    tolerance: float | jax.Array = DEFAULTS.tolerance,
+    max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
+    decrease: float | jax.Array = DEFAULTS.decrease,
 ) -> optax.GradientTransformationExtraArgs:
     """Runs any optax optimizer under lyapopt's step-size and acceptance rules.
 
@@ -56,12 +89,25 @@ def stabilize(
     4. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
        the loss (``guard`` is its mode; ``None`` turns it off).
 
-    The gradient reaches stages 2 and 3 as their ``grad`` extra argument, so
-    ``g.u`` is a dot product there, never another pass over the data (the
-    level cap's slope, and the cap's between curvature measurements). That
+    The gradient reaches stages 2-4 as their ``grad`` extra argument, so
+    ``g.u`` is a dot product there, never another pass over the data. That
     is the incoming ``updates``: place ``stabilize`` first in a chain, or,
     behind a transform that changes the gradient (``optax.clip_by_global_norm``,
     ``optax.add_decayed_weights``), pass the raw gradient as ``grad=grads``.
+
+    The guard must be the last transform to touch the updates. A transform
+    chained after ``stabilize`` changes the step that was judged into one
+    that was not: ``optax.chain(lyapunov_adam(1.0), optax.scale(5.0))``
+    takes five times the accepted step, one the guard never judged, and can
+    raise the loss as far as an unguarded optimizer would. Put scaling, clipping and weight decay inside
+    ``tx`` (or before ``stabilize``) instead.
+
+    A rejected step (the guard's scale 0) leaves the parameters unchanged,
+    but ``tx`` has already updated its own state with that gradient (Adam's
+    moments, its step count), as a gradient accumulated under
+    ``optax.MultiSteps`` would: the next step starts from those moments.
+    Keeping the old state instead would hold two copies of it alive at the
+    peak of the step.
 
     Args:
       tx: the optax optimizer to stabilise.
@@ -70,43 +116,42 @@ def stabilize(
       curvature_every: measure the curvature every this many steps.
       max_scale: the most the cap may lengthen a step (1 never lengthens it).
       level: the energy level of :func:`lyapopt.scale_by_level`; ``None``
-        (the default) turns that cap off.
-      guard: the guard's mode, or ``None`` for no guard.
+        turns that cap off.
+      guard: the guard's mode (``"backtrack"``, ``"skip"``, ``"record"``,
+        ``"check"``), or ``None`` for no guard.
       tolerance: the rise of the loss the guard allows.
       max_backtracks: the guard's halvings in ``"backtrack"`` mode.
       decrease: the guard's sufficient-decrease ``sigma``: a step must lower
         the loss by at least ``sigma`` times what its slope promises. The
-        default, 0.25, refuses steps that overshoot the valley; measured on
-        the digits MLP with minibatches it kept ``curvature_every=10`` from
-        diverging at learning rates 100 and 1000 (``benchmarks/RESULTS.md``).
+        default, 0.25, refuses steps that overshoot the valley.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. With the cap or the guard
-      its update needs ``params`` and ``value_fn``; pass ``value`` too, to
-      save the guard a forward pass.
+      its update needs ``params`` and ``value_fn``; other extra arguments
+      that ``value_fn``'s signature names are passed on to it, as optax's
+      line searches do.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, lyapopt
+      >>> f = lambda x: jnp.sum((x - 1.0) ** 2)
+      >>> tx = lyapopt.stabilize(optax.sgd(10.0))  # ten times too large a rate
+      >>> x = jnp.zeros(3)
+      >>> state = tx.init(x)
+      >>> for _ in range(3):
+      ...     loss, grads = jax.value_and_grad(f)(x)
+      ...     updates, state = tx.update(grads, state, x, value=loss, value_fn=f)
+      ...     x = optax.apply_updates(x, updates)
+      >>> x
+      Array([1., 1., 1.], dtype=float32)
     """
-    check_choice("stabilize", "guard", guard, (*MODES, None))
+    options = _options.collect(locals())
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
             "stabilize: `tx` must be an optax GradientTransformation such as "
             f"`optax.adam(1e-3)`, got {type(tx).__name__}."
         )
     inner = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER)
-    stages = (
-        scale_by_curvature(safety, every=curvature_every, max_scale=max_scale)
-        if safety is not None
-        else optax.identity(),
-        scale_by_level(level) if level is not None else optax.identity(),
-        lyapunov_guard(
-            tolerance=tolerance,
-            mode=guard,
-            max_backtracks=max_backtracks,
-            decrease=decrease,
-        )
-        if guard is not None
-        else optax.identity(),
-    )
-    stages = tuple(optax.with_extra_args_support(s) for s in stages)
+    stages = stage_transforms(options)
 
     def init_fn(params: optax.Params) -> StabilizeState:
         return StabilizeState(inner.init(params), *(s.init(params) for s in stages))

@@ -8,36 +8,41 @@ from typing import Any
 import jax
 import optax
 
-from lyapopt._curvature import CurvatureState
-from lyapopt._guard import GuardState
-from lyapopt._level import LevelState
-from lyapopt._modulation import ModulationState
-from lyapopt._schedule import ScaleByLearningRateState
+from lyapopt._curvature import ScaleByCurvatureState
+from lyapopt._guard import LyapunovGuardState
+from lyapopt._level import ScaleByLevelState
+from lyapopt._modulation import ScaleByGradientModulationState
+from lyapopt._schedule import ScaleByLoggedLearningRateState
 
-# For each state type: (field in the state, name in the stats dict).
+# For each state type: (field in the state, name in the stats dict). A name
+# is the same whatever else the chain holds; the counters of one event
+# (`nonfinite_gradients`) are added up wherever they come from.
 _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
-    ScaleByLearningRateState: (("learning_rate", "learning_rate"),),
-    ModulationState: (
+    ScaleByLoggedLearningRateState: (("learning_rate", "learning_rate"),),
+    ScaleByGradientModulationState: (
         ("factor", "modulation"),
         ("norm", "update_norm"),
-        ("nonfinite", "nonfinite_steps"),
+        ("nonfinite", "nonfinite_gradients"),
     ),
-    CurvatureState: (
+    ScaleByCurvatureState: (
         ("curvature", "curvature"),
         ("s_star", "s_star"),
         ("scale", "curvature_scale"),
+        ("nonfinite", "curvature_nonfinite"),
     ),
-    LevelState: (("s_level", "s_level"), ("scale", "level_scale")),
-    GuardState: (
+    ScaleByLevelState: (("s_level", "s_level"), ("scale", "level_scale")),
+    LyapunovGuardState: (
         ("value_before", "value_before"),
         ("value_after", "value_after"),
         ("scale", "guard_scale"),
         ("backtracks", "backtracks"),
         ("violations", "violations"),
-        ("nonfinite", "nonfinite_values"),
+        ("nonfinite", "guard_nonfinite"),
+        ("value_mismatches", "value_mismatches"),
     ),
-    optax.ApplyIfFiniteState: (("total_notfinite", "nonfinite_steps"),),
+    optax.ApplyIfFiniteState: (("total_notfinite", "nonfinite_gradients"),),
 }
+_SUMMED = ("nonfinite_gradients",)
 
 
 def _unwrap(x: Any) -> Any:
@@ -64,19 +69,36 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     """The diagnostics of every lyapopt transform in an optimizer state.
 
     Walks any optax state (chains, ``inject_hyperparams``, ``MultiSteps``,
-    ``nnx.Optimizer``'s state) and returns a flat dict of scalar arrays:
-    ``learning_rate``, ``modulation`` and ``update_norm``, ``curvature``
-    (``u.Hu / u.u``), ``s_star`` and ``curvature_scale``, ``s_level`` and
-    ``level_scale``, ``value_before`` and ``value_after``, ``guard_scale``,
-    ``backtracks``, ``violations`` and ``nonfinite_values`` (steps whose loss
-    was NaN or Inf), and ``nonfinite_steps`` (gradients with a NaN or an Inf,
-    dropped by :func:`lyapopt.stabilize`). A name that occurs twice gets a
-    suffix, ``_1`` and so on, in the order of the state.
+    ``nnx.Optimizer``'s state) and returns a flat dict of scalar arrays,
+    under names that do not depend on the rest of the chain:
 
-    With a ``learning_rate``, ``step_size`` is the factor the last step
-    actually applied to the direction: the learning rate times every scale
-    present (``modulation``, ``curvature_scale``, ``level_scale``,
-    ``guard_scale``). For ``lyapunov_sgd`` it multiplies the gradient.
+    ===========================  ==============================================
+    ``learning_rate``            the rate applied at the last step
+    ``modulation``               the factor ``1 / (1 + beta ||g||)``
+    ``update_norm``              ``||g||`` as the modulation saw it
+    ``curvature``                ``u.Hu / u.u``, last measured
+    ``s_star``                   ``-g.u / u.Hu``, the model's minimum
+    ``curvature_scale``          the factor the curvature cap applied
+    ``curvature_nonfinite``      steps whose update or curvature was not finite
+    ``s_level``, ``level_scale`` the level cap's bound and factor
+    ``value_before``             ``V(theta)`` as the guard measured it
+    ``value_after``              ``V`` after the step taken
+    ``guard_scale``              the factor the guard applied (0: rejected)
+    ``backtracks``               the guard's halvings at the last step
+    ``violations``               steps whose proposal raised the loss
+    ``guard_nonfinite``          steps whose loss or update was not finite
+    ``value_mismatches``         steps whose ``value`` was not ``value_fn(params)``
+    ``nonfinite_gradients``      gradients with a NaN or an Inf, dropped
+    ``step_size``                the factor the last step applied to the direction
+    ===========================  ==============================================
+
+    ``step_size`` is the learning rate times every scale present
+    (``modulation``, ``curvature_scale``, ``level_scale``, ``guard_scale``);
+    for ``lyapunov_sgd`` it multiplies the gradient. Counters of the same
+    event are added up (``nonfinite_gradients`` from
+    :func:`optax.apply_if_finite` and from the modulation); a chain holding
+    two transforms of the same kind gets the second one's names with a
+    suffix, ``_1``.
 
     It only reads the state, so it runs inside a jitted step: return the
     dict with the new state and log it with no extra host round trip.
@@ -86,20 +108,27 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
 
     Returns:
       ``{name: scalar array}``.
+
+    Examples:
+      >>> import jax.numpy as jnp, lyapopt
+      >>> tx = lyapopt.lyapunov_adam()
+      >>> sorted(lyapopt.stats(tx.init(jnp.zeros(3))))[:4]
+      ['backtracks', 'curvature', 'curvature_nonfinite', 'curvature_scale']
     """
     out: dict[str, jax.Array] = {}
     for state in _states(opt_state):
         for field, name in _FIELDS[type(state)]:
+            value = _unwrap(getattr(state, field))
+            if name in _SUMMED and name in out:
+                out[name] = out[name] + value
+                continue
             key, n = name, 0
             while key in out:
                 n += 1
                 key = f"{name}_{n}"
-            out[key] = _unwrap(getattr(state, field))
+            out[key] = value
     if "learning_rate" in out:
-        # The rate is kept in the parameters' dtype; the scales in float32 or more.
-        step_size = out["learning_rate"].astype(
-            out.get("curvature_scale", out["learning_rate"]).dtype
-        )
+        step_size = out["learning_rate"]
         for name in ("modulation", "curvature_scale", "level_scale", "guard_scale"):
             if name in out:
                 step_size = step_size * out[name]

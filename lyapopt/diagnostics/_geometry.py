@@ -16,8 +16,8 @@ user can look:
   two principal directions of a trajectory (:func:`pca_directions`);
 - :func:`path_checks` checks each step of a recorded run: the loss along the
   step's segment stays at or below its start (a descent path, via
-  :func:`lyapopt.segment_profile`), and ``eta * lambda_max < 2`` (the edge of
-  stability, via :func:`lyapopt.sharpness`).
+  :func:`lyapopt.diagnostics.segment_profile`), and ``eta * lambda_max < 2`` (the edge of
+  stability, via :func:`lyapopt.diagnostics.sharpness`).
 
 The definitions of the level sets are the paper's; the grid counts, the
 slices and the checks are ours (the slices and their normalisation follow
@@ -40,11 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from scipy import ndimage
 
 from lyapopt import _line
 from lyapopt._checks import check_choice, check_number
-from lyapopt._diagnostics import segment_profile, sharpness
+from lyapopt.diagnostics._hessian import segment_profile, sharpness
 
 # --------------------------------------------------------------------------
 # Level sets on a grid.
@@ -109,6 +108,8 @@ def level_set_components(
     levels = np.asarray(level, dtype=np.float64)
     if np.isnan(levels).any():
         raise ValueError(f"{where}: `level` must not be NaN, got {level!r}.")
+    from scipy import ndimage  # only here: `import lyapopt` does not pay for it
+
     structure = ndimage.generate_binary_structure(grid.ndim, connectivity)
     if coercive:
         # A ring above every level joins the super-level parts that reach it.
@@ -407,13 +408,13 @@ def path_checks(
 
     - *descent path*: the loss on the segment between them,
       ``L((1 - s) theta_t + s theta_{t+1})`` at ``num`` points
-      (:func:`lyapopt.segment_profile`), stays at or below its start,
+      (:func:`lyapopt.diagnostics.segment_profile`), stays at or below its start,
       ``L(theta_t)`` (``below_start``), and, more strictly, never rises from
       one point to the next (``monotone``). The paper's Lyapunov argument
       asks ``V = L`` to decrease along the path; a step that jumps over a
       hump into another basin ends lower and still fails ``below_start``.
     - *edge of stability*: ``eta_t * lambda_max(theta_t) < 2``
-      (``stable``), with ``lambda_max`` by :func:`lyapopt.sharpness`. On the
+      (``stable``), with ``lambda_max`` by :func:`lyapopt.diagnostics.sharpness`. On the
       quadratic model, a gradient step of rate ``eta`` is stable exactly
       when this holds. It is the test for plain gradient steps; for an
       adaptive method such as Adam, ``eta * lambda_max`` is only a reference

@@ -1,0 +1,55 @@
+"""The stage options: one declaration of the names and defaults of the caps and guard.
+
+:func:`lyapopt.stabilize`, :func:`lyapopt.lyapunov_sgd`,
+:func:`lyapopt.lyapunov_adam` and the stage transforms themselves
+(:func:`lyapopt.scale_by_curvature`, :func:`lyapopt.scale_by_level`,
+:func:`lyapopt.lyapunov_guard`) take these options under these names, with
+these defaults; ``tests/test_options.py`` checks every signature against
+:data:`DEFAULTS`. Each factory still spells its arguments out, so that
+``optax.inject_hyperparams`` (which reads the signature) can inject them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+
+class StageOptions(NamedTuple):
+    """How much of a proposed step to take, and whether to take it.
+
+    Attributes:
+      safety: the curvature cap's fraction of the model's minimum ``s*``;
+        ``None`` turns the cap off.
+      curvature_every: measure the curvature every this many steps.
+      max_scale: the most the curvature cap may lengthen a step (1: never).
+      level: the energy level ``lambda*`` of :func:`lyapopt.scale_by_level`;
+        ``None`` turns that cap off.
+      guard: what :func:`lyapopt.lyapunov_guard` does with a step that
+        raises the loss (``"backtrack"``, ``"skip"``, ``"record"``,
+        ``"check"``); ``None`` turns the guard off.
+      tolerance: the rise of the loss the guard allows.
+      max_backtracks: the guard's halvings in ``"backtrack"`` mode.
+      decrease: Armijo's ``sigma``: a step must lower the loss by at least
+        ``sigma`` times what its slope promises (0: only no rise).
+    """
+
+    safety: float | jax.Array | None = 1.0
+    curvature_every: int | jax.Array = 1
+    max_scale: float | jax.Array = 1.0
+    level: float | jax.Array | None = None
+    guard: str | None = "backtrack"
+    tolerance: float | jax.Array = 0.0
+    max_backtracks: int | jax.Array = 8
+    decrease: float | jax.Array = 0.25
+
+
+DEFAULTS = StageOptions()
+
+GUARD_MODES = ("record", "backtrack", "skip", "check")
+
+
+def collect(arguments: dict[str, Any]) -> StageOptions:
+    """The stage options among a factory's arguments (pass ``locals()``)."""
+    return StageOptions(**{name: arguments[name] for name in StageOptions._fields})
