@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lyapopt._checks import check_number
 from lyapopt import _line
+from lyapopt._checks import check_number
 
 
 class ScaleByGradientModulationState(NamedTuple):
