@@ -17,7 +17,7 @@ from tests.helpers import make_step, quadratic, rosenbrock, run
 def test_first_order_sgd_is_the_papers_rule() -> None:
     lr, alpha, beta = 0.3, 0.05, 2.0
     tx = lyapopt.lyapunov_sgd(
-        lr, decay_rate=alpha, modulation=beta, curvature=False, guard=None
+        lr, decay_constant=alpha, modulation=beta, safety=None, guard=None
     )
     loss_fn = quadratic([1.0, 4.0])
     x = jnp.array([1.0, 1.0])
@@ -34,7 +34,7 @@ def test_first_order_sgd_is_the_papers_rule() -> None:
 
 def test_sgd_momentum_accumulates_the_modulated_gradient() -> None:
     tx = lyapopt.lyapunov_sgd(
-        1.0, decay_rate=0.0, momentum=0.5, curvature=False, guard=None
+        1.0, decay_constant=0.0, momentum=0.5, safety=None, guard=None
     )
     x = jnp.zeros(1)
     state = tx.init(x)
@@ -47,7 +47,7 @@ def test_sgd_momentum_accumulates_the_modulated_gradient() -> None:
 def test_adam_with_cap_and_guard_off_and_no_decay_is_optax_adam() -> None:
     params, _, loss_fn = rosenbrock()
     ours, _, _ = run(
-        lyapopt.lyapunov_adam(1e-2, decay_rate=0.0, curvature=False, guard=None),
+        lyapopt.lyapunov_adam(1e-2, decay_constant=0.0, safety=None, guard=None),
         loss_fn,
         params,
         steps=100,
@@ -65,15 +65,15 @@ def test_defaults_decrease_the_loss_at_every_step_at_any_rate(
     _, state, losses = run(factory(lr), loss_fn, params, steps=300)
     lyapopt.testing.assert_monotone_decrease(losses)
     assert float(losses[-1]) < float(losses[0])
-    assert int(lyapopt.stats(state)["nonfinite_steps"]) == 0
+    assert int(lyapopt.stats(state)["nonfinite_gradients"]) == 0
 
 
 @pytest.mark.parametrize("factory", [lyapopt.lyapunov_sgd, lyapopt.lyapunov_adam])
 def test_a_schedule_is_decayed_on_top(factory) -> None:
     x = jnp.ones(2)
     loss_fn = quadratic([1.0, 1.0])
-    constant = factory(optax.constant_schedule(1e-2), decay_rate=0.1)
-    number = factory(1e-2, decay_rate=0.1)
+    constant = factory(optax.constant_schedule(1e-2), decay_constant=0.1)
+    number = factory(1e-2, decay_constant=0.1)
     outs = []
     for tx in (constant, number):
         step = jax.jit(make_step(tx, loss_fn))

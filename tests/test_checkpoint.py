@@ -37,7 +37,8 @@ def assert_trees_equal(a: Any, b: Any) -> None:
 
 def build(factory: Callable) -> tuple[optax.GradientTransformation, Callable]:
     """A fresh optimizer and a fresh jitted step, as a new process would make."""
-    tx = optax.inject_hyperparams(factory)(learning_rate=5.0)
+    # A decay, so that the schedule's step count must travel in the checkpoint.
+    tx = optax.inject_hyperparams(factory)(learning_rate=5.0, decay_constant=1e-3)
     return tx, jax.jit(make_step(tx, loss))
 
 
@@ -93,7 +94,7 @@ def nnx_loss(model: MLP, x: jax.Array, y: jax.Array) -> jax.Array:
 
 @nnx.jit
 def nnx_step(model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
-    value_fn = lyapopt.nnx_value_fn(model, nnx_loss, x, y)
+    value_fn = lyapopt.flax.nnx_value_fn(model, nnx_loss, x, y)
     loss, grads = nnx.value_and_grad(nnx_loss)(model, x, y)
     optimizer.update(model, grads, value=loss, value_fn=value_fn)
 

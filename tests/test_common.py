@@ -35,11 +35,11 @@ def _alone(tx: optax.GradientTransformation) -> optax.GradientTransformation:
 CASES = {
     "scale_by_gradient_modulation": Case(
         lyapopt.scale_by_gradient_modulation,
-        {"strength": 1.0},
+        {"modulation": 1.0},
         lambda t: optax.chain(t, optax.sgd(2e-3, momentum=0.9)),
     ),
-    "scale_by_learning_rate": Case(
-        lyapopt.scale_by_learning_rate,
+    "scale_by_logged_learning_rate": Case(
+        lyapopt.scale_by_logged_learning_rate,
         {"learning_rate": 1e-2},
         lambda t: optax.chain(optax.scale_by_adam(), t),
     ),
@@ -50,17 +50,17 @@ CASES = {
     ),
     "scale_by_curvature_every_3": Case(
         lyapopt.scale_by_curvature,
-        {"safety": 0.5, "every": 3},
+        {"safety": 0.5, "curvature_every": 3},
         lambda t: optax.chain(optax.sgd(10.0), t, lyapopt.lyapunov_guard()),
     ),
     "scale_by_level": Case(
         lyapopt.scale_by_level,
-        {"target": 0.0},
+        {"level": 0.0},
         lambda t: optax.chain(optax.sgd(1.0), t),
     ),
     "lyapunov_guard": Case(
         lyapopt.lyapunov_guard,
-        {"mode": "backtrack"},
+        {"guard": "backtrack"},
         lambda t: optax.chain(optax.sgd(1e-2), t),
     ),
     "stabilize_adamw": Case(
@@ -70,15 +70,19 @@ CASES = {
     "lyapunov_sgd_momentum": Case(lyapopt.lyapunov_sgd, {"momentum": 0.9}, _alone),
     "lyapunov_sgd_first_order": Case(
         lyapopt.lyapunov_sgd,
-        {"learning_rate": 1e-2, "decay_rate": 1e-4, "curvature": False, "guard": None},
+        {
+            "learning_rate": 1e-2,
+            "decay_constant": 1e-4,
+            "safety": None,
+            "guard": None,
+        },
         _alone,
     ),
-    # Adam moves each coordinate by about the rate a step; with the default
-    # decay a run travels at most rate / decay_rate, so the parabola's 11
-    # units need a larger rate than the default 1e-2.
-    "lyapunov_adam": Case(lyapopt.lyapunov_adam, {"learning_rate": 0.1}, _alone),
+    # With no decay by default, Adam's default rate travels the parabola's 11
+    # units (0.1's default decay limited a run to rate / 1e-3).
+    "lyapunov_adam": Case(lyapopt.lyapunov_adam, {}, _alone),
     "lyapunov_adam_every_10": Case(
-        lyapopt.lyapunov_adam, {"learning_rate": 0.1, "curvature_every": 10}, _alone
+        lyapopt.lyapunov_adam, {"curvature_every": 10}, _alone
     ),
 }
 
