@@ -107,6 +107,7 @@ def require_params(where: str, params: Any) -> None:
             f"{where} needs the current parameters: call "
             "`tx.update(grads, state, params, value_fn=...)` with `params`."
         )
+    require_leaves(where, params)
     masked = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
     if any(isinstance(x, optax.MaskedNode) for x in masked):
         raise ValueError(

@@ -13,7 +13,6 @@ from lyapopt import _line
 from lyapopt._checks import (
     check_like_params,
     check_number,
-    require_leaves,
     require_params,
     require_value_fn,
 )
@@ -155,7 +154,6 @@ def scale_by_curvature(
     )
 
     def init_fn(params: optax.Params) -> ScaleByCurvatureState:
-        require_leaves(_WHERE, params)
         dtype = _line.scalar_dtype(params)
         return ScaleByCurvatureState(
             count=_line.scalar(0, jnp.int32),

@@ -16,7 +16,6 @@ from lyapopt._checks import (
     check_choice,
     check_like_params,
     check_number,
-    require_leaves,
     require_params,
     require_value_fn,
 )
@@ -208,7 +207,6 @@ def lyapunov_guard(
     no_decrease = isinstance(decrease, (int, float)) and decrease == 0
 
     def init_fn(params: optax.Params) -> LyapunovGuardState:
-        require_leaves(_WHERE, params)
         dtype = _line.scalar_dtype(params)
         return LyapunovGuardState(
             value_before=_line.scalar(0, dtype),

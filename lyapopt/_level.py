@@ -12,7 +12,6 @@ from lyapopt import _line
 from lyapopt._checks import (
     check_like_params,
     check_number,
-    require_leaves,
     require_params,
 )
 
@@ -78,7 +77,6 @@ def scale_by_level(level: float | jax.Array) -> optax.GradientTransformationExtr
     )
 
     def init_fn(params: optax.Params) -> ScaleByLevelState:
-        require_leaves(_WHERE, params)
         dtype = _line.scalar_dtype(params)
         return ScaleByLevelState(
             s_level=_line.scalar(jnp.inf, dtype), scale=_line.scalar(1, dtype)
