@@ -114,7 +114,7 @@ def test_every_k_measures_on_every_kth_step_and_reuses_between() -> None:
     loss = lambda p: 0.5 * jnp.sum(a * p * p)  # noqa: E731
     calls: list[int] = []
     value_fn = _counting(loss, calls)
-    tx = lyapopt.scale_by_curvature(every=3)
+    tx = lyapopt.scale_by_curvature(curvature_every=3)
     x = jnp.array([1.0, 1.0])
     state = tx.init(x)
 
@@ -139,12 +139,14 @@ def test_every_k_measures_on_every_kth_step_and_reuses_between() -> None:
 
 def test_reused_curvature_with_grad_gives_the_same_cap_on_a_quadratic() -> None:
     # On 1/2 c ||x||^2 the curvature u.Hu/u.u = c in every direction, so a
-    # reused estimate is exact and every=5 must match every=1.
+    # reused estimate is exact and curvature_every=5 must match 1.
     loss = lambda p: 1.5 * jnp.sum(p**2)  # noqa: E731
     x0 = jnp.array([1.0, -2.0, 3.0])
     outs = []
     for every in (1, 5):
-        tx = optax.chain(optax.sgd(1.0), lyapopt.scale_by_curvature(0.5, every=every))
+        tx = optax.chain(
+            optax.sgd(1.0), lyapopt.scale_by_curvature(0.5, curvature_every=every)
+        )
         x, state = x0, tx.init(x0)
         for _ in range(7):
             g = jax.grad(loss)(x)
