@@ -53,7 +53,7 @@ def nnx_train(
     @nnx.jit
     def train_step(model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
         traces.append(1)
-        value_fn = lyapopt.nnx_value_fn(model, nnx_loss, x, y)
+        value_fn = lyapopt.flax.nnx_value_fn(model, nnx_loss, x, y)
         loss, grads = nnx.value_and_grad(nnx_loss)(model, x, y)
         optimizer.update(model, grads, value=loss, value_fn=value_fn)
         return loss, lyapopt.stats(optimizer.opt_state)
@@ -114,7 +114,7 @@ def test_nnx_wrt_filter_trains_part_of_the_model_with_the_rest_in_value_fn() -> 
 
     @nnx.jit
     def train_step(model: MLP, optimizer: nnx.Optimizer) -> jax.Array:
-        value_fn = lyapopt.nnx_value_fn(model, nnx_loss, X, Y, wrt=wrt)
+        value_fn = lyapopt.flax.nnx_value_fn(model, nnx_loss, X, Y, wrt=wrt)
         grad_fn = nnx.value_and_grad(nnx_loss, argnums=nnx.DiffState(0, wrt))
         loss, grads = grad_fn(model, X, Y)
         optimizer.update(model, grads, value=loss, value_fn=value_fn)
@@ -130,9 +130,9 @@ def test_nnx_wrt_filter_trains_part_of_the_model_with_the_rest_in_value_fn() -> 
 def test_value_fn_built_before_the_gradient_sees_the_same_dropout_mask() -> None:
     @nnx.jit
     def losses(model: MLP) -> tuple[jax.Array, ...]:
-        before = lyapopt.nnx_value_fn(model, nnx_loss, X, Y)
+        before = lyapopt.flax.nnx_value_fn(model, nnx_loss, X, Y)
         loss = nnx_loss(model, X, Y)  # draws the dropout mask, advances the RNG
-        after = lyapopt.nnx_value_fn(model, nnx_loss, X, Y)
+        after = lyapopt.flax.nnx_value_fn(model, nnx_loss, X, Y)
         params = nnx.as_pure(nnx.state(model, nnx.Param))
         return loss, before(params), before(params), after(params)
 
@@ -173,7 +173,7 @@ def test_linen_apply_gradients_is_the_train_state_step_with_value_fn() -> None:
     @jax.jit
     def train_step(state: TrainState, batch: tuple) -> tuple[TrainState, jax.Array]:
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-        state = lyapopt.apply_gradients(
+        state = lyapopt.flax.apply_gradients(
             state, grads=grads, value=loss, value_fn=lambda p: loss_fn(p, batch)
         )
         return state, loss
@@ -195,7 +195,7 @@ def test_linen_apply_gradients_is_the_train_state_step_with_value_fn() -> None:
             grads, state.opt_state, state.params, **extra
         )
         by_hand = (optax.apply_updates(state.params, updates), opt_state)
-        return by_hand, lyapopt.apply_gradients(state, grads=grads, **extra)
+        return by_hand, lyapopt.flax.apply_gradients(state, grads=grads, **extra)
 
     (params, opt_state), one = by_hand_and_by_helper(start, (X, Y))
     jax.tree.map(np.testing.assert_array_equal, one.params, params)
@@ -214,4 +214,4 @@ def test_apply_gradients_refuses_overwrite_with_gradient() -> None:
     state, _ = linen_state(lyapopt.lyapunov_adam())
     grads = {"params": state.params, "overwrite_with_gradient": {}}
     with pytest.raises(ValueError, match="overwrite_with_gradient"):
-        lyapopt.apply_gradients(state, grads=grads, value_fn=lambda p: 0.0)
+        lyapopt.flax.apply_gradients(state, grads=grads, value_fn=lambda p: 0.0)

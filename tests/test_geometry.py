@@ -37,7 +37,7 @@ def test_the_superlevel_set_outside_an_annulus_has_two_components() -> None:
     # (r - 1)^2 >= 0.04 holds for r <= 0.8 (a disk) and r >= 1.2 (the outside);
     # (r - 1)^2 <= 0.04 is the annulus between them.
     values = _grid(lambda x, y: (np.hypot(x, y) - 1) ** 2, (-2, 2, 81))
-    got = lyapopt.level_set_components(values, 0.04)
+    got = lyapopt.diagnostics.level_set_components(values, 0.04)
     assert int(got.superlevel) == 2
     assert int(got.sublevel) == 1
 
@@ -48,7 +48,7 @@ def test_two_bumps_split_above_their_saddle_and_join_below_it() -> None:
         return np.exp(-((x - 1) ** 2 + y**2)) + np.exp(-((x + 1) ** 2 + y**2))
 
     values = _grid(bumps, (-3, 3, 121))
-    got = lyapopt.level_set_components(values, [0.75, 0.72])
+    got = lyapopt.diagnostics.level_set_components(values, [0.75, 0.72])
     np.testing.assert_array_equal(got.superlevel, [2, 1])
     np.testing.assert_array_equal(got.sublevel, [1, 1])
 
@@ -56,7 +56,9 @@ def test_two_bumps_split_above_their_saddle_and_join_below_it() -> None:
 def test_himmelblau_counts_follow_its_critical_values() -> None:
     # Minima 0 (four), saddles 13.31, 67.72, 104.02, 178.34, local max 181.62.
     values = _grid(himmelblau, (-6, 6, 241))
-    got = lyapopt.level_set_components(values, [1, 20, 80, 120, 180], coercive=True)
+    got = lyapopt.diagnostics.level_set_components(
+        values, [1, 20, 80, 120, 180], coercive=True
+    )
     np.testing.assert_array_equal(got.sublevel, [4, 3, 2, 1, 1])
     # Above the saddle at 178.34 the top around the local maximum is an island.
     np.testing.assert_array_equal(got.superlevel, [1, 1, 1, 1, 2])
@@ -66,33 +68,33 @@ def test_a_window_splits_a_set_that_coercive_joins_around_the_outside() -> None:
     # Rosenbrock's valley at level 50 crosses the window [-2,2]x[-1,3] from the
     # top edge to the top edge; in the plane {L >= 50} is connected.
     values = _grid(rosenbrock, (-2, 2, 161), (-1, 3, 161))
-    assert int(lyapopt.level_set_components(values, 50.0).superlevel) == 2
-    joined = lyapopt.level_set_components(values, 50.0, coercive=True)
+    assert int(lyapopt.diagnostics.level_set_components(values, 50.0).superlevel) == 2
+    joined = lyapopt.diagnostics.level_set_components(values, 50.0, coercive=True)
     assert int(joined.superlevel) == 1
     assert int(joined.sublevel) == 1
 
 
 def test_connectivity_two_joins_diagonal_neighbours() -> None:
     diagonal = np.eye(3)
-    assert int(lyapopt.level_set_components(diagonal, 0.5).superlevel) == 3
-    got = lyapopt.level_set_components(diagonal, 0.5, connectivity=2)
+    assert int(lyapopt.diagnostics.level_set_components(diagonal, 0.5).superlevel) == 3
+    got = lyapopt.diagnostics.level_set_components(diagonal, 0.5, connectivity=2)
     assert int(got.superlevel) == 1
 
 
 def test_levels_outside_the_range_give_empty_sets_and_nan_is_in_neither() -> None:
     values = np.array([[0.0, 1.0], [np.nan, 2.0]])
-    got = lyapopt.level_set_components(values, [[3.0, -1.0]])
+    got = lyapopt.diagnostics.level_set_components(values, [[3.0, -1.0]])
     assert got.superlevel.shape == (1, 2)
     np.testing.assert_array_equal(got.superlevel, [[0, 1]])
     np.testing.assert_array_equal(got.sublevel, [[1, 0]])
     # With the NaN corner out, {>= 0.5} is the two right-hand points.
-    assert int(lyapopt.level_set_components(values, 0.5).superlevel) == 1
-    assert int(lyapopt.level_set_components(values, 1.5).sublevel) == 1
+    assert int(lyapopt.diagnostics.level_set_components(values, 0.5).superlevel) == 1
+    assert int(lyapopt.diagnostics.level_set_components(values, 1.5).sublevel) == 1
 
 
 def test_a_connectivity_beyond_the_rank_is_refused() -> None:
     with pytest.raises(ValueError, match=r"level_set_components: `connectivity`"):
-        lyapopt.level_set_components(np.zeros((3, 3)), 0.0, connectivity=3)
+        lyapopt.diagnostics.level_set_components(np.zeros((3, 3)), 0.0, connectivity=3)
 
 
 # --------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def test_the_slice_of_a_quadratic_is_the_quadratic_in_alpha_and_beta(
     theta = {"w": jnp.array([1.0, -1.0]), "b": jnp.array([0.5])}
     d1 = {"w": jnp.array([1.0, 0.0]), "b": jnp.array([1.0])}
     d2 = {"w": jnp.array([0.0, 2.0]), "b": jnp.array([0.0])}
-    got = lyapopt.loss_slice(
+    got = lyapopt.diagnostics.loss_slice(
         _quadratic_tree,
         theta,
         (d1, d2),
@@ -134,7 +136,7 @@ def test_the_slice_of_a_quadratic_is_the_quadratic_in_alpha_and_beta(
 
 def test_unit_directions_at_zero_sample_a_2d_function_on_its_grid() -> None:
     f = lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2  # noqa: E731
-    got = lyapopt.loss_slice(
+    got = lyapopt.diagnostics.loss_slice(
         f, jnp.zeros(2), (jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])), extent=2.0
     )
     expected = _grid(rosenbrock, (-2, 2, 41))
@@ -148,7 +150,7 @@ def test_filter_normalised_directions_match_each_filters_norm() -> None:
         "conv": jax.random.normal(jax.random.key(1), (2, 2, 4, 6)),
         "bias": jnp.ones(3),
     }
-    d1, d2 = lyapopt.filter_normalized_directions(jax.random.key(7), params)
+    d1, d2 = lyapopt.diagnostics.filter_normalized_directions(jax.random.key(7), params)
     for d in (d1, d2):
         for name, axes in (("kernel", (0,)), ("conv", (0, 1, 2))):
             np.testing.assert_allclose(
@@ -158,7 +160,7 @@ def test_filter_normalised_directions_match_each_filters_norm() -> None:
             )
         np.testing.assert_array_equal(d["bias"], jnp.zeros(3))
     assert float(jnp.abs(d1["kernel"] - d2["kernel"]).max()) > 0.1
-    _, kept = lyapopt.filter_normalized_directions(
+    _, kept = lyapopt.diagnostics.filter_normalized_directions(
         jax.random.key(7), params, ignore_1d=False
     )
     np.testing.assert_array_equal(kept["bias"], params["bias"])
@@ -174,7 +176,7 @@ def test_pca_of_a_planar_trajectory_recovers_its_plane() -> None:
     c = jnp.arange(6.0)
     t = jnp.linspace(0.0, 1.0, 9)[:, None]
     flat = c + 3.0 * (1 - t) * u + 2.0 * t * (1 - t) * v  # ends at c
-    got = lyapopt.pca_directions(_tree(flat))
+    got = lyapopt.diagnostics.pca_directions(_tree(flat))
     np.testing.assert_allclose(
         jnp.concatenate([got.center["a"], got.center["b"].ravel()]), c
     )
@@ -191,7 +193,7 @@ def test_pca_of_a_planar_trajectory_recovers_its_plane() -> None:
 def test_pca_of_a_straight_run_is_one_direction_pointing_back_to_the_start() -> None:
     start, end = jnp.array([4.0, 0.0, 3.0, 0.0, 0.0, 0.0]), jnp.zeros(6)
     flat = start + jnp.linspace(0.0, 1.0, 5)[:, None] * (end - start)
-    got = lyapopt.pca_directions(_tree(flat))
+    got = lyapopt.diagnostics.pca_directions(_tree(flat))
     np.testing.assert_allclose(got.explained_variance, [1.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(got.coordinates[:, 0], [5.0, 3.75, 2.5, 1.25, 0.0])
     np.testing.assert_allclose(got.coordinates[:, 1], 0.0, atol=1e-5)
@@ -204,14 +206,14 @@ def test_pca_signs_each_direction_so_its_largest_coordinate_is_positive(
     t = jnp.linspace(0.0, 1.0, 7)[:, None]
     u, v = jnp.eye(6)[1], jnp.eye(6)[4]
     flat = mirror * (3.0 * (1 - t) * u - 2.0 * t * (1 - t) * v)
-    coordinates = lyapopt.pca_directions(_tree(flat)).coordinates
+    coordinates = lyapopt.diagnostics.pca_directions(_tree(flat)).coordinates
     largest = coordinates[jnp.argmax(jnp.abs(coordinates), axis=0), jnp.arange(2)]
     assert bool(jnp.all(largest > 0)), coordinates
 
 
 def test_pca_refuses_a_list_of_snapshots() -> None:
     with pytest.raises(ValueError, match=r"pca_directions: `trajectory` must be"):
-        lyapopt.pca_directions([jnp.zeros(3), jnp.ones(2)])
+        lyapopt.diagnostics.pca_directions([jnp.zeros(3), jnp.ones(2)])
 
 
 # --------------------------------------------------------------------------
@@ -239,7 +241,7 @@ def test_gradient_descent_on_a_quadratic_is_checked_against_2_over_eta(
     eta: float, below_start: bool, monotone: bool, stable: bool
 ) -> None:
     trajectory = _gradient_descent(STIFF, jnp.array([1.0, 0.0]), eta, 4)
-    got = lyapopt.path_checks(STIFF, trajectory, eta, key=jax.random.key(0))
+    got = lyapopt.diagnostics.path_checks(STIFF, trajectory, eta, key=jax.random.key(0))
     assert got.profiles.shape == (4, 11)
     np.testing.assert_allclose(got.sharpness, 10.0, rtol=1e-4)
     np.testing.assert_allclose(got.eta_sharpness, 10.0 * eta, rtol=1e-4)
@@ -253,7 +255,7 @@ def test_gradient_descent_on_a_quadratic_is_checked_against_2_over_eta(
 def test_a_step_over_a_hump_fails_even_though_it_ends_lower() -> None:
     well = lambda x: (x[0] ** 2 - 1) ** 2  # noqa: E731  hump of height 1 at 0
     trajectory = jnp.array([[-1.5], [-1.05], [0.95]])
-    got = lyapopt.path_checks(well, trajectory, 0.01, key=jax.random.key(0))
+    got = lyapopt.diagnostics.path_checks(well, trajectory, 0.01, key=jax.random.key(0))
     np.testing.assert_array_equal(got.below_start, [True, False])
     np.testing.assert_array_equal(got.monotone, [True, False])
     assert float(got.end[1]) < float(got.start[1])  # it does end lower
@@ -262,8 +264,10 @@ def test_a_step_over_a_hump_fails_even_though_it_ends_lower() -> None:
 
 def test_tolerance_lets_a_small_rise_pass() -> None:
     trajectory = jnp.array([[1.0, 0.0], [-1.02, 0.0]])  # 5.0 -> 5.202
-    strict = lyapopt.path_checks(STIFF, trajectory, 0.1, key=jax.random.key(0))
-    loose = lyapopt.path_checks(
+    strict = lyapopt.diagnostics.path_checks(
+        STIFF, trajectory, 0.1, key=jax.random.key(0)
+    )
+    loose = lyapopt.diagnostics.path_checks(
         STIFF, trajectory, 0.1, key=jax.random.key(0), tolerance=0.25
     )
     assert not bool(strict.below_start[0])
@@ -272,17 +276,21 @@ def test_tolerance_lets_a_small_rise_pass() -> None:
 
 def test_per_step_learning_rates_are_checked_step_by_step() -> None:
     trajectory = _gradient_descent(STIFF, jnp.array([1.0, 1.0]), 0.05, 3)
-    got = lyapopt.path_checks(
+    got = lyapopt.diagnostics.path_checks(
         STIFF, trajectory, jnp.array([0.1, 0.19, 0.21]), key=jax.random.key(1)
     )
     np.testing.assert_array_equal(got.stable, [True, True, False])
     with pytest.raises(ValueError, match=r"one entry per step, shape \(3,\)"):
-        lyapopt.path_checks(STIFF, trajectory, jnp.ones(4), key=jax.random.key(1))
+        lyapopt.diagnostics.path_checks(
+            STIFF, trajectory, jnp.ones(4), key=jax.random.key(1)
+        )
 
 
 def test_one_snapshot_is_not_a_path() -> None:
     with pytest.raises(ValueError, match=r"path_checks: `trajectory` needs"):
-        lyapopt.path_checks(STIFF, jnp.ones((1, 2)), 0.1, key=jax.random.key(0))
+        lyapopt.diagnostics.path_checks(
+            STIFF, jnp.ones((1, 2)), 0.1, key=jax.random.key(0)
+        )
 
 
 def test_lyapunov_sgd_keeps_a_descent_path_where_sgd_at_the_same_rate_does_not() -> (
@@ -302,14 +310,14 @@ def test_lyapunov_sgd_keeps_a_descent_path_where_sgd_at_the_same_rate_does_not()
         return jnp.concatenate([xs, x[None]])
 
     eta = 0.3  # 0.3 * 10 = 3 > 2
-    sgd = lyapopt.path_checks(
+    sgd = lyapopt.diagnostics.path_checks(
         loss, trajectory(optax.sgd(eta)), eta, key=jax.random.key(0)
     )
     assert not bool(jnp.any(sgd.below_start))
     assert not bool(jnp.any(sgd.stable))
-    ours = lyapopt.path_checks(
+    ours = lyapopt.diagnostics.path_checks(
         loss,
-        trajectory(lyapopt.lyapunov_sgd(eta, decay_rate=0.0, modulation=None)),
+        trajectory(lyapopt.lyapunov_sgd(eta, decay_constant=0.0, modulation=None)),
         eta,
         key=jax.random.key(0),
     )
