@@ -90,7 +90,23 @@ def check_number(
         raise ValueError(
             f"{where}: `{name}` must be {wanted}, got {value!r}."
             + (f" {fix}" if fix else "")
+            + _low_precision_hint(value)
         )
+
+
+def _low_precision_hint(value: Any) -> str:
+    """The fix for a hyperparameter that low precision pushed out of range."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        return ""
+    if jnp.finfo(dtype).bits >= 32:
+        return ""
+    return (
+        f" The value is a {jnp.dtype(dtype).name} array: `optax.inject_hyperparams` "
+        "stores hyperparameters in the parameters' dtype unless told otherwise, "
+        "and in it 0.999 rounds to 1. Pass "
+        "`optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)`."
+    )
 
 
 def check_choice(where: str, name: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -29,6 +29,28 @@ class StabilizeState(NamedTuple):
     guard: Any  # LyapunovGuardState, or optax.EmptyState without the guard
 
 
+def _keep_dtypes(
+    tx: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` whose updates keep the gradients' dtypes and whose state keeps its own.
+
+    Under ``optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)``
+    with bfloat16 parameters, float32 hyperparameters promote Adam's
+    bfloat16 moments to float32; the state would change type from one step
+    to the next (and ``apply_if_finite``'s branches would disagree).
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_updates, new_state = tx.update(updates, state, params, **extra_args)
+        return (
+            optax.tree.cast_like(new_updates, updates),
+            optax.tree.cast_like(new_state, state),
+        )
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
 def stage_transforms(
     options: StageOptions,
 ) -> tuple[optax.GradientTransformationExtraArgs, ...]:
@@ -150,7 +172,7 @@ def stabilize(
             "stabilize: `tx` must be an optax GradientTransformation such as "
             f"`optax.adam(1e-3)`, got {type(tx).__name__}."
         )
-    inner = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER)
+    inner = optax.apply_if_finite(_keep_dtypes(tx), max_consecutive_errors=_NEVER)
     stages = stage_transforms(options)
 
     def init_fn(params: optax.Params) -> StabilizeState:

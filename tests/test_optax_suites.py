@@ -232,7 +232,14 @@ def _shape_dtype_stability(name: str, dtype: Any, *, conjugate: bool) -> None:
 @optimizers
 @pytest.mark.parametrize(
     "dtype",
-    [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64, jnp.complex128],
+    [
+        jnp.float16,
+        jnp.bfloat16,
+        jnp.float32,
+        jnp.float64,
+        jnp.complex64,
+        jnp.complex128,
+    ],
 )
 def test_state_shape_dtype_shard_stability(name: str, dtype: Any) -> None:
     """ContribTest.test_state_shape_dtype_shard_stability (real dtypes) and
