@@ -21,8 +21,10 @@ X = jnp.array([1.0])
 OVERSHOOT = jnp.array([-3.0])  # 1 -> -2: V goes from 1 to 4
 
 
-def _guard(mode: str, **kwargs: object) -> tuple[jax.Array, lyapopt.GuardState]:
-    tx = lyapopt.lyapunov_guard(mode=mode, **kwargs)
+def _guard(mode: str, **kwargs: object) -> tuple[jax.Array, lyapopt.LyapunovGuardState]:
+    # decrease=0: these cases ask only that the loss does not rise.
+    kwargs.setdefault("decrease", 0.0)
+    tx = lyapopt.lyapunov_guard(guard=mode, **kwargs)
     return tx.update(OVERSHOOT, tx.init(X), X, value=loss(X), value_fn=loss)
 
 
@@ -64,17 +66,17 @@ def test_tolerance_allows_a_small_rise() -> None:
 
 
 def test_a_good_step_passes_untouched_in_every_mode() -> None:
-    for mode in lyapopt._guard.MODES:
-        tx = lyapopt.lyapunov_guard(mode=mode)
+    for mode in lyapopt._options.GUARD_MODES:
+        tx = lyapopt.lyapunov_guard(guard=mode)
         updates, state = tx.update(-0.5 * X, tx.init(X), X, value_fn=loss)
         np.testing.assert_array_equal(updates, -0.5 * X)
         assert int(state.violations) == 0
 
 
 def test_check_mode_raises_under_chexify() -> None:
-    tx = lyapopt.lyapunov_guard(mode="check")
+    tx = lyapopt.lyapunov_guard(guard="check")
 
-    def step(p: jax.Array, state: lyapopt.GuardState) -> jax.Array:
+    def step(p: jax.Array, state: lyapopt.LyapunovGuardState) -> jax.Array:
         updates, _ = tx.update(OVERSHOOT, state, p, value=loss(p), value_fn=loss)
         return optax.apply_updates(p, updates)
 
@@ -87,10 +89,13 @@ def test_check_mode_raises_under_chexify() -> None:
     np.testing.assert_array_equal(jax.jit(step)(X, tx.init(X)), X + OVERSHOOT)
 
 
+@pytest.mark.parametrize("decrease", [0.0, 0.25])
 @pytest.mark.parametrize("mode", ["backtrack", "skip"])
-def test_never_accepts_an_increase_on_random_quadratics(mode: str) -> None:
+def test_never_accepts_an_increase_on_random_quadratics(
+    mode: str, decrease: float
+) -> None:
     key = jax.random.key(0)
-    tx = lyapopt.lyapunov_guard(mode=mode)
+    tx = lyapopt.lyapunov_guard(guard=mode, decrease=decrease)
     for i in range(30):
         k1, k2, k3, key = jax.random.split(key, 4)
         a = jnp.exp(jax.random.uniform(k1, (5,), minval=-6, maxval=6))
@@ -110,18 +115,23 @@ def test_non_finite_value_takes_no_step_and_is_counted_apart(
     calls: list[int] = []
 
     def counted(p: jax.Array) -> jax.Array:
+        # The guard judges V(theta) = value_fn(params), never `value`: the
+        # loss itself is non-finite at the parameters.
         jax.debug.callback(lambda: calls.append(1))
-        return loss(p)
+        return loss(p) * bad
 
-    tx = lyapopt.lyapunov_guard(mode=mode)
+    tx = lyapopt.lyapunov_guard(guard=mode)
     state = tx.init(X)
     _, state = tx.update(-0.5 * X, state, X, value_fn=loss)  # a good step first
-    updates, new_state = tx.update(-X, state, X, value=bad, value_fn=counted)
+    updates, new_state = tx.update(
+        -X, state, X, value=bad, value_fn=counted, grad=2 * X
+    )
     jax.effects_barrier()
     np.testing.assert_array_equal(updates, 0.0)
     assert int(new_state.nonfinite) == 1
     assert int(new_state.violations) == 0
-    assert len(calls) == 1  # no backtracking on a loss that cannot be judged
+    # V(theta) and V(theta + u), no backtracking on a loss that cannot be judged.
+    assert len(calls) == 2
     # The recorded values stay those of the last finite step.
     assert float(new_state.value_before) == float(state.value_before) == 1.0
     assert bool(
@@ -134,7 +144,7 @@ def test_non_finite_value_takes_no_step_and_is_counted_apart(
 
 def test_a_step_into_nan_is_a_violation() -> None:
     f = lambda p: jnp.where(p[0] < 0, jnp.nan, p[0] ** 2)  # noqa: E731
-    tx = lyapopt.lyapunov_guard(mode="skip")
+    tx = lyapopt.lyapunov_guard(guard="skip")
     updates, state = tx.update(-2 * X, tx.init(X), X, value_fn=f)
     np.testing.assert_array_equal(updates, 0.0)
     assert int(state.violations) == 1
@@ -150,9 +160,9 @@ def test_value_fn_is_needed() -> None:
 
 def test_unknown_mode_is_refused_with_the_choices() -> None:
     with pytest.raises(
-        ValueError, match=r"`mode` must be one of 'record', 'backtrack'"
+        ValueError, match=r"`guard` must be one of 'record', 'backtrack'"
     ):
-        lyapopt.lyapunov_guard(mode="reject")
+        lyapopt.lyapunov_guard(guard="reject")
 
 
 def test_sufficient_decrease_refuses_a_step_that_overshoots_the_valley() -> None:
@@ -160,7 +170,7 @@ def test_sufficient_decrease_refuses_a_step_that_overshoots_the_valley() -> None
     # decrease, but less than 1/4 of the slope's promise 3.2: Armijo's bound
     # is 1 - 0.25 * 3.2 = 0.2. Halved once: V(0.2) = 0.04 <= 1 - 0.25 * 1.6.
     u = jnp.array([-1.6])
-    plain = lyapopt.lyapunov_guard()
+    plain = lyapopt.lyapunov_guard(decrease=0.0)
     sufficient = lyapopt.lyapunov_guard(decrease=0.25)
     for tx, backtracks, kwargs in ((plain, 0, {}), (sufficient, 1, {"grad": 2 * X})):
         updates, state = tx.update(u, tx.init(X), X, value_fn=loss, **kwargs)
