@@ -13,7 +13,7 @@ from tests import digits
 
 BATCH = digits.batch(256)
 PARAMS = digits.init(jax.random.key(0))
-TX = lyapopt.lyapunov_adam(1.0, decay_rate=0.01)
+TX = lyapopt.lyapunov_adam(1.0, decay_constant=0.01)
 HOST_CALLS = {"debug_callback", "pure_callback", "io_callback", "callback"}
 
 

@@ -17,8 +17,8 @@ INT32_MAX = int(jnp.iinfo(jnp.int32).max)
 
 def test_100k_steps_reach_the_floor_and_stay_there() -> None:
     steps, rate, floor = 100_000, 1e-3, 1e-2
-    schedule = lyapopt.exponential_schedule(0.5, rate, min_value=floor)
-    tx = lyapopt.lyapunov_sgd(schedule, decay_rate=0.0)
+    schedule = lyapopt.exponential_schedule(0.5, rate, end_value=floor)
+    tx = lyapopt.lyapunov_sgd(schedule, decay_constant=0.0)
     loss = quadratic([1.0, 100.0])
     step = make_step(tx, loss)
 
@@ -45,7 +45,7 @@ def test_100k_steps_reach_the_floor_and_stay_there() -> None:
 
 
 def test_step_counters_saturate_instead_of_overflowing() -> None:
-    tx = lyapopt.lyapunov_sgd(1e3)
+    tx = lyapopt.lyapunov_sgd(1e3, decay_constant=1e-3)  # decays to 0 at the end
     loss = quadratic([1.0, 4.0])
     x = jnp.ones(2)
     state = optax.tree.set(tx.init(x), count=jnp.asarray(INT32_MAX - 3, jnp.int32))
@@ -60,7 +60,7 @@ def test_step_counters_saturate_instead_of_overflowing() -> None:
 
 
 def test_violation_counter_saturates() -> None:
-    tx = optax.chain(optax.sgd(10.0), lyapopt.lyapunov_guard(mode="record"))
+    tx = optax.chain(optax.sgd(10.0), lyapopt.lyapunov_guard(guard="record"))
     loss = quadratic([1.0])  # every step of -10 g overshoots: a violation each time
     x = jnp.ones(1)
     state = optax.tree.set(tx.init(x), violations=jnp.asarray(INT32_MAX - 2, jnp.int32))
