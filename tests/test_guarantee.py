@@ -41,7 +41,7 @@ def test_a_value_that_disagrees_with_value_fn_cannot_let_a_rise_through() -> Non
     for _ in range(80):
         p, s, v = step(p, s)
         losses.append(float(v))
-    assert _rises(np.array(losses + [float(loss_fn(p))])) == 0
+    assert _rises(np.array([*losses, float(loss_fn(p))])) == 0
     stats = lyapopt.stats(s)
     assert int(stats["value_mismatches"]) == 80
     assert int(stats["violations"]) > 0  # the rate does overshoot on a = 30
@@ -72,7 +72,7 @@ def test_bfloat16_the_guard_judges_the_parameters_as_stored() -> None:
         tx = lyapopt.stabilize(
             optax.sgd(rate), safety=None, decrease=0.0, max_backtracks=20
         )
-        value, grads = jax.value_and_grad(f)(start)
+        grads = jax.grad(f)(start)
         u, state = tx.update(grads, tx.init(start), start, value_fn=f)
         return optax.apply_updates(start, u), state.guard.value_after
 
@@ -98,7 +98,7 @@ def test_a_float64_loss_on_float32_parameters_is_judged_in_float64() -> None:
 
         p = jnp.array([1.0], jnp.float32)
         tx = lyapopt.stabilize(optax.sgd(1.5e9), safety=None, decrease=0.0)
-        value, grads = jax.value_and_grad(f)(p)
+        grads = jax.grad(f)(p)
         u, state = tx.update(grads.astype(jnp.float32), tx.init(p), p, value_fn=f)
         new = optax.apply_updates(p, u)
         assert float(f(new)) <= float(f(p))
@@ -120,7 +120,7 @@ def test_an_absurd_learning_rate_is_capped_not_frozen(rate: float) -> None:
         lyapopt.lyapunov_adam(rate),
         lyapopt.lyapunov_sgd(rate),
     ):
-        p, state, losses = run(tx, f, jnp.zeros(3), steps=200)
+        p, _, losses = run(tx, f, jnp.zeros(3), steps=200)
         assert float(f(p)) < 1e-3 * float(losses[0])
         assert _rises(np.asarray(losses)) == 0
 

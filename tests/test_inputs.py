@@ -75,7 +75,7 @@ def _complex_problem():
     def real_loss(xy: tuple[jax.Array, jax.Array]) -> jax.Array:
         return loss(xy[0] + 1j * xy[1])
 
-    return target, loss, real_loss
+    return loss, real_loss
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_complex_parameters_step_as_their_real_and_imaginary_parts(factory) -> N
     # The same optimizer on z = x + iy (with the conjugated gradient, optax's
     # convention for complex descent) and on the real pair (x, y) must take
     # the same steps: same inner products, norms and cap.
-    target, loss, real_loss = _complex_problem()
+    loss, real_loss = _complex_problem()
     tx = factory()
     z = jnp.zeros(3, jnp.complex64)
     xy = (jnp.zeros(3), jnp.zeros(3))
