@@ -18,6 +18,7 @@ import flax
 import jax
 import optax
 
+import lyapopt
 from benchmarks import report
 from benchmarks.suite import Settings, run_task
 from benchmarks.tasks import TASKS, Task
@@ -61,6 +62,7 @@ def machine() -> dict[str, Any]:
         "jax": jax.__version__,
         "optax": optax.__version__,
         "flax": flax.__version__,
+        "lyapopt": lyapopt.__version__,
         "backend": jax.default_backend(),
         "devices": ", ".join(d.device_kind for d in devices),
         "gpu": ", ".join(d.device_kind for d in gpus)

@@ -127,13 +127,13 @@ def _components() -> tuple[Optimizer, ...]:
     return (
         Optimizer(
             "lyapunov_sgd first-order",
-            lambda lr, n: lyapopt.lyapunov_sgd(lr, curvature=False, guard=None),
+            lambda lr, n: lyapopt.lyapunov_sgd(lr, safety=None, guard=None),
             (),
             sgd.default_lr,
         ),
         Optimizer(
             "lyapunov_adam first-order",
-            lambda lr, n: lyapopt.lyapunov_adam(lr, curvature=False, guard=None),
+            lambda lr, n: lyapopt.lyapunov_adam(lr, safety=None, guard=None),
             (),
             adam.default_lr,
         ),
@@ -145,7 +145,7 @@ def _components() -> tuple[Optimizer, ...]:
         ),
         Optimizer(
             "lyapunov_adam guard alone",
-            lambda lr, n: lyapopt.lyapunov_adam(lr, curvature=False),
+            lambda lr, n: lyapopt.lyapunov_adam(lr, safety=None),
             adam.extras,
             adam.default_lr,
         ),

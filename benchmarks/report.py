@@ -238,7 +238,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"    {meta['command']}",
         "",
         f"- Machine: {m['cpu_model']}, `nproc` = {m['nproc']}, {m['platform']}; "
-        f"Python {m['python']}, jax {m['jax']}, optax {m['optax']}, flax {m['flax']}; "
+        f"Python {m['python']}, jax {m['jax']}, optax {m['optax']}, flax {m['flax']}, "
+        f"lyapopt {m.get('lyapopt', 'not recorded (before 0.2)')}; "
         f"JAX backend: {m['backend']} ({m['devices']}).",
         f"- Started {meta['started']}; the whole suite took "
         f"{meta['wall_seconds'] / 60:.1f} minutes"

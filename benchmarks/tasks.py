@@ -1,4 +1,4 @@
-"""The benchmark tasks: data and Flax NNX models, nothing else.
+"""The benchmark tasks: the data, and which model of :mod:`benchmarks.models` on it.
 
 Every task is a classification of rows of ``x`` into the labels ``y`` under
 the mean softmax cross-entropy, so one training loop serves them all: the
@@ -16,12 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lyapopt.demo import MLP
+from benchmarks.models import CNN, MLP, ByteTransformer
 
 # Standard-library sources present, as plain modules, in every CPython >= 3.10
 # (sorted; about 0.7 MB on 3.11). Their contents differ a little between
@@ -161,72 +159,6 @@ def _stdlib_lm(context: int = 64, eval_windows: int = 128) -> Data:
     test = np.sort(pick.choice(len(x_te), eval_windows, replace=False))
     train_eval = np.sort(pick.choice(len(x_tr), eval_windows // 2, replace=False))
     return Data(x_tr, y_tr, x_te[test], y_te[test], train_eval)
-
-
-# --- models -----------------------------------------------------------------
-
-
-class CNN(nnx.Module):
-    """Two 3x3 convolutions (16, 32 channels), 2x2 average pooling, a classifier."""
-
-    def __init__(self, *, rngs: nnx.Rngs) -> None:
-        self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
-        self.conv2 = nnx.Conv(16, 32, (3, 3), rngs=rngs)
-        self.head = nnx.Linear(4 * 4 * 32, 10, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = jax.nn.relu(self.conv1(x))
-        x = jax.nn.relu(self.conv2(x))
-        x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
-        return self.head(x.reshape(x.shape[0], -1))
-
-
-class Block(nnx.Module):
-    """A pre-norm Transformer block: causal self-attention, then a GELU MLP."""
-
-    def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs) -> None:
-        self.heads = heads
-        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
-        self.qkv = nnx.Linear(width, 3 * width, rngs=rngs)
-        self.out = nnx.Linear(width, width, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
-        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
-        self.down = nnx.Linear(4 * width, width, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape
-        q, k, v = jnp.split(self.qkv(self.norm1(x)), 3, axis=-1)
-        q, k, v = (a.reshape(b, t, self.heads, d // self.heads) for a in (q, k, v))
-        a = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.out(a.reshape(b, t, d))
-        return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
-
-
-class ByteTransformer(nnx.Module):
-    """A byte-level causal language model: 256 symbols in, 256 logits out."""
-
-    def __init__(
-        self,
-        *,
-        layers: int = 2,
-        width: int = 128,
-        heads: int = 4,
-        context: int = 64,
-        rngs: nnx.Rngs,
-    ) -> None:
-        self.embed = nnx.Embed(256, width, rngs=rngs)
-        self.position = nnx.Param(
-            0.02 * jax.random.normal(rngs.params(), (context, width))
-        )
-        self.blocks = nnx.List([Block(width, heads, rngs=rngs) for _ in range(layers)])
-        self.norm = nnx.LayerNorm(width, rngs=rngs)
-        self.head = nnx.Linear(width, 256, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = self.embed(x.astype(jnp.int32)) + self.position[: x.shape[1]]
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.norm(h))
 
 
 # --- the suite --------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""The benchmark's Flax NNX models: an MLP, a CNN and a byte-level Transformer.
+
+The benchmark keeps its own models, so that changing the demo
+(:mod:`lyapopt.demo`) never changes what the benchmark measures. The MLP
+is the same network as the demo's (ReLU, 64-128-128-10 on the digits), with
+the same parameter initialisation for a given seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class MLP(nnx.Module):
+    """A ReLU perceptron: ``sizes = (64, 128, 128, 10)`` is 64-128-128-10."""
+
+    def __init__(self, sizes: tuple[int, ...], *, rngs: nnx.Rngs) -> None:
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers[:-1]:
+            x = jax.nn.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class CNN(nnx.Module):
+    """Two 3x3 convolutions (16, 32 channels), 2x2 average pooling, a classifier."""
+
+    def __init__(self, *, rngs: nnx.Rngs) -> None:
+        self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(16, 32, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(4 * 4 * 32, 10, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.relu(self.conv1(x))
+        x = jax.nn.relu(self.conv2(x))
+        x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+class Block(nnx.Module):
+    """A pre-norm Transformer block: causal self-attention, then a GELU MLP."""
+
+    def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs) -> None:
+        self.heads = heads
+        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+        self.qkv = nnx.Linear(width, 3 * width, rngs=rngs)
+        self.out = nnx.Linear(width, width, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
+        self.down = nnx.Linear(4 * width, width, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        q, k, v = jnp.split(self.qkv(self.norm1(x)), 3, axis=-1)
+        q, k, v = (a.reshape(b, t, self.heads, d // self.heads) for a in (q, k, v))
+        a = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(a.reshape(b, t, d))
+        return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
+
+
+class ByteTransformer(nnx.Module):
+    """A byte-level causal language model: 256 symbols in, 256 logits out."""
+
+    def __init__(
+        self,
+        *,
+        layers: int = 2,
+        width: int = 128,
+        heads: int = 4,
+        context: int = 64,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.embed = nnx.Embed(256, width, rngs=rngs)
+        self.position = nnx.Param(
+            0.02 * jax.random.normal(rngs.params(), (context, width))
+        )
+        self.blocks = nnx.List([Block(width, heads, rngs=rngs) for _ in range(layers)])
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.head = nnx.Linear(width, 256, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.embed(x.astype(jnp.int32)) + self.position[: x.shape[1]]
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h))
