@@ -53,7 +53,7 @@ def test_a_non_finite_gradient_reaches_neither_params_nor_inner_state() -> None:
     chex.assert_trees_all_equal(
         new_state.inner_state.inner_state, state.inner_state.inner_state
     )
-    assert int(lyapopt.stats(new_state)["nonfinite_steps"]) == 1
+    assert int(lyapopt.stats(new_state)["nonfinite_gradients"]) == 1
 
 
 def test_the_raw_gradient_reaches_the_cap_as_grad() -> None:
