@@ -58,6 +58,7 @@ def lyapunov_sgd(
     tolerance: float | jax.Array = DEFAULTS.tolerance,
     max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
     decrease: float | jax.Array = DEFAULTS.decrease,
+    axis_name: Any = DEFAULTS.axis_name,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The paper's method: modulated gradient descent, capped and guarded.
 
@@ -103,6 +104,7 @@ def lyapunov_sgd(
       tolerance: see :func:`lyapopt.stabilize`.
       max_backtracks: see :func:`lyapopt.stabilize`.
       decrease: see :func:`lyapopt.stabilize`.
+      axis_name: see :func:`lyapopt.stabilize` (``jax.pmap``, ``shard_map``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Pass ``value_fn`` (and
@@ -183,6 +185,7 @@ def lyapunov_adam(
     tolerance: float | jax.Array = DEFAULTS.tolerance,
     max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
     decrease: float | jax.Array = DEFAULTS.decrease,
+    axis_name: Any = DEFAULTS.axis_name,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam's direction under the curvature cap and the Lyapunov guard.
 
@@ -218,6 +221,7 @@ def lyapunov_adam(
       tolerance: see :func:`lyapopt.stabilize`.
       max_backtracks: see :func:`lyapopt.stabilize`.
       decrease: see :func:`lyapopt.stabilize`.
+      axis_name: see :func:`lyapopt.stabilize` (``jax.pmap``, ``shard_map``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Pass ``value_fn`` (and

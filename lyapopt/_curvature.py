@@ -68,6 +68,7 @@ def scale_by_curvature(
     *,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
     max_scale: float | jax.Array = DEFAULTS.max_scale,
+    axis_name: Any = DEFAULTS.axis_name,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Caps the step at the minimum of the local quadratic model of the loss.
 
@@ -105,6 +106,9 @@ def scale_by_curvature(
       curvature_every: measure the curvature every this many steps, ``>= 1``.
       max_scale: the largest factor, ``>= 1``; above 1 the cap may also
         lengthen a step that stops short of the model's minimum.
+      axis_name: under ``jax.pmap`` or ``shard_map``, the axis over which
+        ``value_fn``'s per-device loss is averaged (see
+        :class:`lyapopt.StageOptions`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs
@@ -173,7 +177,7 @@ def scale_by_curvature(
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByCurvatureState]:
         require_params(_WHERE, params)
-        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args)
+        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args, axis_name)
         check_like_params(_WHERE, "updates", updates, params)
         if grad is not None:
             check_like_params(_WHERE, "grad", grad, params)
@@ -184,7 +188,7 @@ def scale_by_curvature(
             return _line.unit_derivatives(_WHERE, value_fn, params, d, dtype)
 
         def reuse() -> tuple[jax.Array, jax.Array]:
-            slope = _line.slope(_WHERE, value_fn, params, d, dtype, grad)
+            slope = _line.slope(_WHERE, value_fn, params, d, dtype, grad, axis_name)
             return slope, state.curvature
 
         if isinstance(curvature_every, int) and curvature_every == 1:

@@ -97,6 +97,7 @@ def lyapunov_guard(
     tolerance: float | jax.Array = DEFAULTS.tolerance,
     max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
     decrease: float | jax.Array = DEFAULTS.decrease,
+    axis_name: Any = DEFAULTS.axis_name,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Checks, and where asked enforces, that the step does not raise the loss.
 
@@ -154,6 +155,12 @@ def lyapunov_guard(
       tolerance: the rise allowed, ``>= 0``.
       max_backtracks: halvings tried in ``"backtrack"`` mode, ``>= 0``.
       decrease: Armijo's ``sigma`` in ``[0, 1)``.
+      axis_name: under ``jax.pmap`` or ``shard_map``, the axis over which
+        ``value_fn``'s per-device loss is averaged, so that every replica
+        judges the global loss and takes the same decision (the same number
+        of backtracks: a BatchNorm's cross-device mean inside ``value_fn``
+        cannot wait on a replica that stopped early). See
+        :class:`lyapopt.StageOptions`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs ``params``
@@ -234,7 +241,8 @@ def lyapunov_guard(
             if grad is not None:
                 check_like_params(_WHERE, "grad", grad, params)
             d = _line.direction(updates, work)
-            slope = _line.slope(_WHERE, value_fn, params, d, work, grad) * d.norm
+            slope = _line.slope(_WHERE, value_fn, params, d, work, grad, axis_name)
+            slope = slope * d.norm
             required = jnp.asarray(decrease).astype(work) * jnp.minimum(slope, 0)
             finite_step = d.finite
 
@@ -262,7 +270,7 @@ def lyapunov_guard(
         **extra_args: Any,
     ) -> tuple[optax.Updates, LyapunovGuardState]:
         require_params(_WHERE, params)
-        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args)
+        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args, axis_name)
         check_like_params(_WHERE, "updates", updates, params)
         dtype = state.scale.dtype
         judge = judge_step(updates, params, value_fn, grad, dtype)
@@ -270,7 +278,9 @@ def lyapunov_guard(
         after = judge.value_at(one)
         holds = judge.holds(after, one)
         mismatch = (
-            jnp.asarray(False) if value is None else _mismatch(value, judge.before)
+            jnp.asarray(False)
+            if value is None
+            else _mismatch(_line.across(jnp.asarray(value), axis_name), judge.before)
         )
         scale, backtracks = one, jnp.zeros([], jnp.int32)
         if guard == "check":

@@ -26,7 +26,9 @@ class ScaleByLevelState(NamedTuple):
     scale: jax.Array  # the factor applied to the updates at the last step
 
 
-def scale_by_level(level: float | jax.Array) -> optax.GradientTransformationExtraArgs:
+def scale_by_level(
+    level: float | jax.Array, *, axis_name: Any = None
+) -> optax.GradientTransformationExtraArgs:
     r"""Caps the step where the linear model of the loss reaches ``level``.
 
     Along the update ``u`` the linear model ``V + s g.u`` reaches the level
@@ -50,6 +52,8 @@ def scale_by_level(level: float | jax.Array) -> optax.GradientTransformationExtr
     Args:
       level: ``lambda*``, a level the loss cannot go below (0 for most
         losses; the best loss reachable, where it is known).
+      axis_name: under ``jax.pmap`` or ``shard_map``, the axis over which
+        the per-device loss is averaged (see :class:`lyapopt.StageOptions`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs
@@ -102,11 +106,13 @@ def scale_by_level(level: float | jax.Array) -> optax.GradientTransformationExtr
                     "value_fn=lambda p: loss_fn(p, batch))`, or pass "
                     "`value=loss, grad=grads`."
                 )
-            v = _line.loss_scalar(_WHERE, value, dtype, name="value")
+            v = _line.across(
+                _line.loss_scalar(_WHERE, value, dtype, name="value"), axis_name
+            )
         else:
             require_params(_WHERE, params)
             check_like_params(_WHERE, "updates", updates, params)
-            value_fn = _line.bind(value_fn, extra_args)
+            value_fn = _line.bind(value_fn, extra_args, axis_name)
             v = _line.value(_WHERE, value_fn, params, dtype)
         if grad is not None and jax.tree.structure(grad) != jax.tree.structure(updates):
             raise ValueError(
@@ -115,7 +121,7 @@ def scale_by_level(level: float | jax.Array) -> optax.GradientTransformationExtr
                 f"{jax.tree.structure(updates)}."
             )
         d = _line.direction(updates, v.dtype)
-        slope = _line.slope(_WHERE, value_fn, params, d, v.dtype, grad)
+        slope = _line.slope(_WHERE, value_fn, params, d, v.dtype, grad, axis_name)
         descent = slope < 0
         gap = v - jnp.asarray(level).astype(v.dtype)
         unit_length = gap / jnp.where(descent, -slope, 1)

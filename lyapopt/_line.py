@@ -118,12 +118,21 @@ def value_fn_kwargs(value_fn: ValueFn, extra_args: Mapping[str, Any]) -> dict:
     return {k: v for k, v in extra.items() if k in names}
 
 
-def bind(value_fn: ValueFn, extra_args: Mapping[str, Any]) -> ValueFn:
-    """``value_fn`` with its extra arguments bound: a function of the params alone."""
+def across(x: jax.Array, axis_name: Any) -> jax.Array:
+    """``x`` averaged over the mapped axis ``axis_name`` (itself when ``None``)."""
+    return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+def bind(
+    value_fn: ValueFn, extra_args: Mapping[str, Any], axis_name: Any = None
+) -> ValueFn:
+    """``value_fn`` as a function of the params alone: its extra arguments
+    bound, and its loss averaged over ``axis_name`` when given (every
+    derivative of it then is too: ``pmean`` is linear)."""
     kwargs = value_fn_kwargs(value_fn, extra_args)
-    if not kwargs:
+    if not kwargs and axis_name is None:
         return value_fn
-    return lambda params: value_fn(params, **kwargs)
+    return lambda params: across(value_fn(params, **kwargs), axis_name)
 
 
 def loss_scalar(where: str, v: Any, dtype: Any, name: str = "value_fn") -> jax.Array:
@@ -209,15 +218,20 @@ def slope(
     d: Direction,
     dtype: Any,
     grad: Any = None,
+    axis_name: Any = None,
 ) -> jax.Array:
     """``g.u / ||u||`` from ``grad`` when given, else by a forward-mode pass.
+
+    With ``axis_name``, the dot product is averaged over that axis like the
+    loss (``value_fn`` is bound with it), so replicas agree even when each
+    holds its own gradient.
 
     Complex parameters always take the forward-mode pass: what a complex
     "gradient" means depends on a convention (JAX's ``grad`` or its
     conjugate, which optax's tests pass), and the pass needs none.
     """
     if grad is not None and (value_fn is None or not is_complex(params)):
-        return unit_grad_slope(grad, d, dtype)
+        return across(unit_grad_slope(grad, d, dtype), axis_name)
     if value_fn is None:
         raise ValueError(f"{where} needs `grad` or `value_fn` to compute g.u.")
     return unit_slope(where, value_fn, params, d, dtype)

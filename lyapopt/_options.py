@@ -33,6 +33,11 @@ class StageOptions(NamedTuple):
       max_backtracks: the guard's halvings in ``"backtrack"`` mode.
       decrease: Armijo's ``sigma``: a step must lower the loss by at least
         ``sigma`` times what its slope promises (0: only no rise).
+      axis_name: under ``jax.pmap`` or ``shard_map``, the mapped axis over
+        which ``value_fn``'s loss is a per-device mean: the loss, the slope
+        and the curvature are averaged over it (``lax.pmean``), so every
+        replica takes the same decision. ``None`` under ``jax.jit``, where a
+        loss over a sharded batch is already global.
     """
 
     safety: float | jax.Array | None = 1.0
@@ -43,6 +48,7 @@ class StageOptions(NamedTuple):
     tolerance: float | jax.Array = 0.0
     max_backtracks: int | jax.Array = 8
     decrease: float | jax.Array = 0.25
+    axis_name: Any = None
 
 
 DEFAULTS = StageOptions()

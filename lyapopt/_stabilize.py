@@ -64,6 +64,7 @@ def stage_transforms(
             options.safety,
             curvature_every=options.curvature_every,
             max_scale=options.max_scale,
+            axis_name=options.axis_name,
         )
         if options.safety is not None
         else optax.identity(),
@@ -75,6 +76,7 @@ def stage_transforms(
             tolerance=options.tolerance,
             max_backtracks=options.max_backtracks,
             decrease=options.decrease,
+            axis_name=options.axis_name,
         )
         if options.guard is not None
         else optax.identity(),
@@ -93,6 +95,7 @@ def stabilize(
     tolerance: float | jax.Array = DEFAULTS.tolerance,
     max_backtracks: int | jax.Array = DEFAULTS.max_backtracks,
     decrease: float | jax.Array = DEFAULTS.decrease,
+    axis_name: Any = DEFAULTS.axis_name,
 ) -> optax.GradientTransformationExtraArgs:
     """Runs any optax optimizer under lyapopt's step-size and acceptance rules.
 
@@ -146,6 +149,10 @@ def stabilize(
       decrease: the guard's sufficient-decrease ``sigma``: a step must lower
         the loss by at least ``sigma`` times what its slope promises. The
         default, 0.25, refuses steps that overshoot the valley.
+      axis_name: under ``jax.pmap`` or ``shard_map`` with a per-device
+        ``value_fn``, the mapped axis: the loss, slope and curvature are
+        averaged over it so every replica takes the same step. ``None``
+        under ``jax.jit`` with sharded inputs (the loss is already global).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. With the cap or the guard
