@@ -234,17 +234,20 @@ def lyapunov_guard(
     ) -> _Judge:
         before = _line.value(_WHERE, value_fn, params, dtype)
         work = before.dtype
+        finite_step = jnp.isfinite(_line.tree_max_abs(updates, work))
         if no_decrease:
             required = jnp.zeros([], work)
-            finite_step = jnp.isfinite(_line.tree_max_abs(updates, work))
         else:
             if grad is not None:
                 check_like_params(_WHERE, "grad", grad, params)
-            d = _line.direction(updates, work)
-            slope = _line.slope(_WHERE, value_fn, params, d, work, grad, axis_name)
-            slope = slope * d.norm
+            if grad is not None and not _line.is_complex(params):
+                # g.u itself: an overflow only makes a huge step unacceptable.
+                slope = _line.across(_line.tree_dot(grad, updates, work), axis_name)
+            else:
+                d = _line.direction(updates, work)
+                slope = _line.slope(_WHERE, value_fn, params, d, work, None, axis_name)
+                slope = slope * d.norm
             required = jnp.asarray(decrease).astype(work) * jnp.minimum(slope, 0)
-            finite_step = d.finite
 
         def value_at(scale: jax.Array) -> jax.Array:
             return _line.value(

@@ -90,14 +90,32 @@ def tree_max_abs(tree: Any, dtype: Any) -> jax.Array:
     return out
 
 
+def inverse(m: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(pre, inv)`` with ``x * pre * inv == x / m``, both normal numbers.
+
+    XLA turns a division by a scalar into a product with its reciprocal, and
+    ``1 / m`` is subnormal (flushed to zero on CPUs) for ``m > 2^126``; the
+    exact power of two ``pre`` keeps it normal. 0 when ``m`` is 0 or not
+    finite.
+    """
+    ok = jnp.isfinite(m) & (m > 0)
+    pre = jnp.where(m > 2.0**64, 2.0**-64, 1.0).astype(m.dtype)
+    inv = jnp.where(ok, 1 / jnp.where(ok, m * pre, 1), 0)
+    return pre, inv
+
+
+def times(x: jax.Array, pre: jax.Array, inv: jax.Array) -> jax.Array:
+    return (x * pre.astype(x.dtype)) * inv.astype(x.dtype)
+
+
 def tree_norm(tree: Any, dtype: Any) -> jax.Array:
     """The global L2 norm, without overflow: ``m * ||x / m||`` with ``m = max |x|``.
 
     NaN when a leaf holds a NaN, Inf when it holds an Inf.
     """
     m = tree_max_abs(tree, dtype)
-    safe = jnp.where(jnp.isfinite(m) & (m > 0), m, 1)
-    scaled = jax.tree.map(lambda x: x / safe.astype(x.dtype), tree)
+    pre, inv = inverse(m)
+    scaled = jax.tree.map(lambda x: times(x, pre, inv), tree)
     return m * jnp.sqrt(tree_dot(scaled, scaled, dtype))
 
 
@@ -189,9 +207,9 @@ def direction(updates: Any, dtype: Any) -> Direction:
     """Splits ``updates`` into its norm and its unit direction (no overflow)."""
     norm = tree_norm(updates, dtype)
     finite = jnp.isfinite(norm)
-    inv = jnp.where(finite & (norm > 0), 1 / jnp.where(norm > 0, norm, 1), 0)
+    pre, inv = inverse(norm)
     unit = jax.tree.map(
-        lambda u: jnp.where(finite, u, 0) * inv.astype(u.dtype), _promoted(updates)
+        lambda u: times(jnp.where(finite, u, 0), pre, inv), _promoted(updates)
     )
     return Direction(norm, unit, finite)
 

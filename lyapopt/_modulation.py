@@ -70,7 +70,13 @@ def scale_by_gradient_modulation(
         finite = jnp.isfinite(norm)
         beta = jnp.asarray(modulation).astype(dtype)
         factor = jnp.where(finite, 1.0 / (1.0 + beta * norm), 0)
-        updates = _line.scale_updates(updates, factor)
+        # The step's norm, ||u|| / (1 + beta ||u||), without forming beta ||u||
+        # (it may overflow) or a subnormal factor: u / ||u|| times it.
+        length = jnp.where(finite, 1.0 / (1.0 / norm + beta), 0)
+        pre, inv = _line.inverse(norm)
+        updates = jax.tree.map(
+            lambda u: jnp.where(finite, _line.times(u, pre, inv * length), 0), updates
+        )
         return updates, ScaleByGradientModulationState(
             factor=factor.astype(dtype),
             norm=jnp.where(finite, norm, state.norm),

@@ -169,3 +169,17 @@ def test_a_rejected_step_keeps_the_parameters_and_advances_the_inner_state() -> 
     adam_state = new_state.inner_state.inner_state[0]
     assert int(adam_state.count) == 1
     assert float(jnp.abs(adam_state.mu).sum()) > 0
+
+
+@pytest.mark.parametrize("size", [9e37, 1e30, 1.0, 1e-30])
+def test_a_gradient_near_the_float32_maximum_is_scaled_not_dropped(size) -> None:
+    # The modulated step has norm ||g|| / (1 + beta ||g||) for every finite
+    # g; 1 / ||g|| is subnormal above 2^126 and was flushed to zero.
+    g = jnp.full(4, size, jnp.float32)
+    tx = lyapopt.scale_by_gradient_modulation(2.0)
+    u, state = jax.jit(tx.update)(g, tx.init(g))
+    norm = 2 * size  # ||g|| for four equal entries
+    expected = norm / (1 + 2 * norm)
+    np.testing.assert_allclose(jnp.linalg.norm(u), expected, rtol=1e-6)
+    assert int(state.nonfinite) == 0
+    np.testing.assert_allclose(state.norm, norm, rtol=1e-6)
