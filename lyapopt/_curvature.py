@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.experimental import checkify
 
 from lyapopt import _line
 from lyapopt._checks import (
@@ -29,6 +30,9 @@ class ScaleByCurvatureState(NamedTuple):
     scale: jax.Array  # the factor applied to the updates at the last step
     curvature: jax.Array  # u.Hu / u.u, last measured (reused between measures)
     nonfinite: jax.Array  # int32, steps whose update or curvature was not finite
+    # int32, steps where g.u = u.Hu = 0 exactly for u != 0: value_fn did not
+    # see the parameters (a function that ignores its argument?)
+    detached: jax.Array
 
 
 def cap_scale(
@@ -85,7 +89,11 @@ def scale_by_curvature(
     not a descent direction and no step is taken; when ``u.Hu <= 0``
     (negative curvature) the model gives no bound and the step is
     ``max_scale * u``; an update or a derivative that is not finite gives no
-    step and is counted in the state (``nonfinite``). The derivatives are
+    step and is counted in the state (``nonfinite``). A non-zero update
+    along which ``g.u`` and ``u.Hu`` are both exactly 0 is counted as
+    ``detached``: ``value_fn`` does not depend on the parameters there
+    (``lambda p: loss(model)`` ignores its argument), and a ``checkify``
+    check reports it under ``chex.chexify``. The derivatives are
     taken along ``u / ||u||``, so an absurd learning rate is capped, not
     overflowed.
 
@@ -165,6 +173,7 @@ def scale_by_curvature(
             scale=_line.scalar(1, dtype),
             curvature=_line.scalar(0, dtype),
             nonfinite=_line.scalar(0, jnp.int32),
+            detached=_line.scalar(0, jnp.int32),
         )
 
     def update_fn(
@@ -201,6 +210,15 @@ def scale_by_curvature(
 
         s_star, scale, finite = cap_scale(slope, curv, d.norm, safety, max_scale)
         keep = measured & finite & (d.norm > 0)
+        detached = keep & (slope == 0) & (curv == 0)
+        checkify.check(
+            ~detached,
+            "scale_by_curvature: the loss does not change along a non-zero update "
+            "(g.u = u.Hu = 0): `value_fn` does not depend on the parameters it is "
+            "given. Use them: `value_fn=lambda p: loss_fn(p, batch)`, or with Flax "
+            "NNX `lyapopt.flax.nnx_value_fn(model, loss_fn, ...)`.",
+            debug=True,
+        )
         return _line.scale_updates(updates, scale), ScaleByCurvatureState(
             count=optax.safe_increment(state.count),
             s_star=jnp.where(finite, s_star, state.s_star),
@@ -208,6 +226,9 @@ def scale_by_curvature(
             curvature=jnp.where(keep, curv, state.curvature).astype(dtype),
             nonfinite=jnp.where(
                 finite, state.nonfinite, optax.safe_increment(state.nonfinite)
+            ),
+            detached=jnp.where(
+                detached, optax.safe_increment(state.detached), state.detached
             ),
         )
 

@@ -35,6 +35,8 @@ class LyapunovGuardState(NamedTuple):
     violations: jax.Array  # int32, steps whose proposal raised V (saturating)
     nonfinite: jax.Array  # int32, steps where V(theta) or the update was not finite
     value_mismatches: jax.Array  # int32, steps where `value` != value_fn(params)
+    # int32, steps where g.u promised a decrease and V did not change at all
+    detached: jax.Array
 
 
 class _Judge(NamedTuple):
@@ -45,6 +47,7 @@ class _Judge(NamedTuple):
     required: jax.Array  # sigma * g.u: the decrease asked per unit of scale (<= 0)
     value_at: Callable[[jax.Array], jax.Array]  # scale -> V(theta + scale u)
     bound: jax.Array  # V(theta) + tolerance
+    moves: jax.Array  # the update is not zero
 
     def holds(self, after: jax.Array, scale: jax.Array) -> jax.Array:
         """Whether ``V(theta + scale u) = after`` is accepted; False for NaN."""
@@ -223,6 +226,7 @@ def lyapunov_guard(
             violations=_line.scalar(0, jnp.int32),
             nonfinite=_line.scalar(0, jnp.int32),
             value_mismatches=_line.scalar(0, jnp.int32),
+            detached=_line.scalar(0, jnp.int32),
         )
 
     def judge_step(
@@ -234,7 +238,8 @@ def lyapunov_guard(
     ) -> _Judge:
         before = _line.value(_WHERE, value_fn, params, dtype)
         work = before.dtype
-        finite_step = jnp.isfinite(_line.tree_max_abs(updates, work))
+        largest = _line.tree_max_abs(updates, work)
+        finite_step = jnp.isfinite(largest)
         if no_decrease:
             required = jnp.zeros([], work)
         else:
@@ -260,6 +265,7 @@ def lyapunov_guard(
             required=required,
             value_at=value_at,
             bound=before + jnp.asarray(tolerance).astype(work),
+            moves=largest > 0,
         )
 
     def update_fn(
@@ -280,6 +286,21 @@ def lyapunov_guard(
         one = jnp.ones([], judge.before.dtype)
         after = judge.value_at(one)
         holds = judge.holds(after, one)
+        # The gradient promised a decrease that float resolution can show,
+        # and the loss did not move at all: value_fn does not see the step.
+        eps = jnp.finfo(judge.before.dtype).eps
+        promised = -judge.required > 8 * eps * jnp.abs(judge.before)
+        detached = judge.judged & judge.moves & promised & (after == judge.before)
+        checkify.check(
+            ~detached,
+            "lyapunov_guard: the loss did not change at all under a step that its "
+            "slope said would lower it by {promised}: `value_fn` does not depend "
+            "on the parameters it is given. Use them: `value_fn=lambda p: "
+            "loss_fn(p, batch)`, or with Flax NNX `lyapopt.flax.nnx_value_fn("
+            "model, loss_fn, ...)`.",
+            promised=-judge.required,
+            debug=True,
+        )
         mismatch = (
             jnp.asarray(False)
             if value is None
@@ -330,6 +351,7 @@ def lyapunov_guard(
             violations=count(judge.judged & ~holds, state.violations),
             nonfinite=count(~judge.judged, state.nonfinite),
             value_mismatches=count(mismatch, state.value_mismatches),
+            detached=count(detached, state.detached),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

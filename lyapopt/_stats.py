@@ -29,6 +29,7 @@ _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
         ("s_star", "s_star"),
         ("scale", "curvature_scale"),
         ("nonfinite", "curvature_nonfinite"),
+        ("detached", "value_fn_detached"),
     ),
     ScaleByLevelState: (("s_level", "s_level"), ("scale", "level_scale")),
     LyapunovGuardState: (
@@ -39,10 +40,11 @@ _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
         ("violations", "violations"),
         ("nonfinite", "guard_nonfinite"),
         ("value_mismatches", "value_mismatches"),
+        ("detached", "value_fn_detached"),
     ),
     optax.ApplyIfFiniteState: (("total_notfinite", "nonfinite_gradients"),),
 }
-_SUMMED = ("nonfinite_gradients",)
+_SUMMED = ("nonfinite_gradients", "value_fn_detached")
 
 
 def _unwrap(x: Any) -> Any:
@@ -88,6 +90,7 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     ``violations``               steps whose proposal raised the loss
     ``guard_nonfinite``          steps whose loss or update was not finite
     ``value_mismatches``         steps whose ``value`` was not ``value_fn(params)``
+    ``value_fn_detached``        steps along which ``value_fn`` did not see the step
     ``nonfinite_gradients``      gradients with a NaN or an Inf, dropped
     ``step_size``                the factor the last step applied to the direction
     ===========================  ==============================================
@@ -96,7 +99,8 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     (``modulation``, ``curvature_scale``, ``level_scale``, ``guard_scale``);
     for ``lyapunov_sgd`` it multiplies the gradient. Counters of the same
     event are added up (``nonfinite_gradients`` from
-    :func:`optax.apply_if_finite` and from the modulation); a chain holding
+    :func:`optax.apply_if_finite` and from the modulation;
+    ``value_fn_detached`` from the cap and the guard); a chain holding
     two transforms of the same kind gets the second one's names with a
     suffix, ``_1``.
 

@@ -185,3 +185,34 @@ def test_a_gradient_near_the_float32_maximum_is_scaled_not_dropped(size) -> None
     )
     assert int(state.nonfinite) == 0
     np.testing.assert_allclose(state.norm, norm, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lyapopt.lyapunov_adam(),
+        lambda: lyapopt.lyapunov_adam(safety=None),
+        lambda: lyapopt.stabilize(optax.sgd(0.1)),
+    ],
+    ids=["cap", "guard", "stabilize_sgd"],
+)
+def test_a_value_fn_that_ignores_its_argument_is_counted(make) -> None:
+    # `lambda p: loss(model)`: the loss never moves, no step is ever taken,
+    # and 0.1 reported nothing (s_star = inf, no violation).
+    w = jnp.ones(3)
+
+    def f(p):
+        return jnp.sum(p**2)
+
+    tx = make()
+    p, s = w, tx.init(w)
+    step = jax.jit(
+        lambda p, s: tx.update(jax.grad(f)(p), s, p, value_fn=lambda q: f(w))
+    )
+    for _ in range(4):
+        u, s = step(p, s)
+        p = optax.apply_updates(p, u)
+    assert int(lyapopt.stats(s)["value_fn_detached"]) == 4
+    # A value_fn that does use its argument is never counted.
+    _, state, _ = run(tx, f, w, steps=20)
+    assert int(lyapopt.stats(state)["value_fn_detached"]) == 0

@@ -27,7 +27,7 @@ def test_lyapunov_sgd_reports_every_stage() -> None:
         "nonfinite_gradients", "modulation", "update_norm", "learning_rate",
         "curvature", "s_star", "curvature_scale", "curvature_nonfinite",
         "value_before", "value_after", "guard_scale", "backtracks", "violations",
-        "guard_nonfinite", "value_mismatches", "step_size",
+        "guard_nonfinite", "value_mismatches", "value_fn_detached", "step_size",
     }  # fmt: skip
     np.testing.assert_allclose(
         got["modulation"], 1 / (1 + jnp.linalg.norm(g)), rtol=1e-6
