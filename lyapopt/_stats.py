@@ -82,7 +82,8 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     ``s_star``                   ``-g.u / u.Hu``, the model's minimum
     ``curvature_scale``          the factor the curvature cap applied
     ``curvature_nonfinite``      steps whose update or curvature was not finite
-    ``s_level``, ``level_scale`` the level cap's bound and factor
+    ``s_level``                  the level cap's bound
+    ``level_scale``              the level cap's factor
     ``value_before``             ``V(theta)`` as the guard measured it
     ``value_after``              ``V`` after the step taken
     ``guard_scale``              the factor the guard applied (0: rejected)
