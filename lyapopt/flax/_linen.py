@@ -6,40 +6,57 @@ without extra arguments; :func:`apply_gradients` is the same step with them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import optax
 
 _OVERWRITE = "overwrite_with_gradient"  # flax.core.meta's OVERWRITE_WITH_GRADIENT
+_OWN = ("step", "params", "opt_state")  # the fields the step itself sets
 
 
-def apply_gradients(state: Any, *, grads: Any, **extra_args: Any) -> Any:
-    """``TrainState.apply_gradients`` that passes extra arguments to ``tx``.
+def apply_gradients(state: Any, *, grads: Any, **kwargs: Any) -> Any:
+    """``TrainState.apply_gradients`` that also passes extra arguments to ``tx``.
 
-    Flax Linen's ``TrainState.apply_gradients(grads=...)`` calls
-    ``tx.update(grads, opt_state, params)`` with no room for ``value`` and
-    ``value_fn``. This is the same step with them::
+    Flax Linen's ``state.apply_gradients(grads=..., **kwargs)`` calls
+    ``tx.update(grads, opt_state, params)`` and ``.replace``-s the fields
+    named in ``kwargs``; it has no room for ``value`` and ``value_fn``. This
+    is the same step with them, keyword for keyword:
 
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    - a keyword that is a field of ``state`` (``batch_stats`` of a
+      ``TrainState`` subclass) replaces that field, as in Flax;
+    - every other keyword (``value``, ``value_fn``, ``grad``, and the
+      arguments meant for ``value_fn``, such as ``batch``) goes to
+      ``state.tx.update``.
+
+    Then ``step`` is incremented by one and ``params`` and ``opt_state`` are
+    replaced. A step with BatchNorm, as Flax's ImageNet example writes it::
+
+      def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, x,
+            train=True, mutable=["batch_stats"])
+        return cross_entropy(logits, y), updates
+
+      (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params)
       state = lyapopt.flax.apply_gradients(
-          state, grads=grads, value=loss,
-          value_fn=lambda p: loss_fn(p, batch))
-
-    ``step`` is incremented by one and ``params`` and ``opt_state`` are
-    replaced; any other field of a ``TrainState`` subclass (such as
-    ``batch_stats``) is kept: set it with ``state.replace``.
+          state, grads=grads, batch_stats=updates["batch_stats"],
+          value=loss, value_fn=lambda p: loss_fn(p)[0])
 
     Args:
       state: a ``flax.training.train_state.TrainState`` (or subclass).
       grads: the gradients, with the structure of ``state.params``.
-      **extra_args: passed to ``state.tx.update``: ``value``, ``value_fn``
-        and any other extra argument of an optax transformation.
+      **kwargs: fields of ``state`` to replace, and extra arguments of
+        ``state.tx.update``.
 
     Returns:
       The new state.
 
     Raises:
+      TypeError: when ``kwargs`` names ``step``, ``params`` or ``opt_state``,
+        which the step sets itself.
       ValueError: when ``grads`` holds an ``overwrite_with_gradient``
         collection (fp8 training): ``value_fn`` would then see only part of
         the variables.
@@ -52,6 +69,16 @@ def apply_gradients(state: Any, *, grads: Any, **extra_args: Any) -> Any:
             "Apply lyapopt to the 'params' collection alone, with the other "
             "collection fixed inside `value_fn`."
         )
+    own = sorted(set(kwargs) & set(_OWN))
+    if own:
+        raise TypeError(
+            f"apply_gradients: {', '.join(f'`{k}`' for k in own)} cannot be "
+            "passed: the step sets `step`, `params` and `opt_state` itself. Set "
+            "them with `state.replace(...)` before or after the step."
+        )
+    fields = {f.name for f in dataclasses.fields(state)}
+    replaced = {k: v for k, v in kwargs.items() if k in fields}
+    extra_args = {k: v for k, v in kwargs.items() if k not in fields}
     updates, opt_state = state.tx.update(
         grads, state.opt_state, state.params, **extra_args
     )
@@ -59,4 +86,5 @@ def apply_gradients(state: Any, *, grads: Any, **extra_args: Any) -> Any:
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         opt_state=opt_state,
+        **replaced,
     )
