@@ -9,7 +9,9 @@ process's single device are the reference.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,7 +84,12 @@ def one_device(name: str, value_rows: int = sharded_runs.ROWS) -> tuple:
 
 def test_eight_devices_end_with_the_params_of_one(tmp_path: Path) -> None:
     # One test, one subprocess: pytest-xdist would start one per worker.
+    # Every optimizer under an explicit mesh (jax.make_mesh's default) with
+    # FSDP-sharded weights, auto and mixed meshes, pmap with axis_name, and
+    # shard_map; each run also checks that params and state kept the
+    # parameters' shardings and that pmap's replicas stayed identical.
     got = eight_devices(tmp_path / "runs.npz")
+    _no_collective_of_its_own(json.loads((tmp_path / "runs.json").read_text()))
     for run in sharded_runs.RUNS:
         params, stats = one_device(run.split("/")[1])
         for name, value in params.items():
@@ -91,9 +98,33 @@ def test_eight_devices_end_with_the_params_of_one(tmp_path: Path) -> None:
             )
         # The last step's curvature and guard: the global batch's numbers.
         for name in ("curvature", "curvature_scale", "value_before", "value_after"):
+            if name not in stats:  # the first-order rule has neither
+                continue
             np.testing.assert_allclose(
                 got[f"{run}/{name}"], stats[name], rtol=1e-5, err_msg=f"{run}/{name}"
             )
+
+
+def _components(found: list) -> set[tuple[str, str]]:
+    """``(op, array type)`` pairs; XLA combines several arrays into one op."""
+    return {
+        (op, part)
+        for op, shape in found
+        for part in re.findall(r"\w+\[[\d,]*\]", shape)
+    }
+
+
+def _no_collective_of_its_own(found: dict) -> None:
+    """Every array that the lyapopt step gathers, scatters or permutes is one
+    the model's own step (optax.adam's) does too; every array it all-reduces
+    is a scalar (g.u, u.Hu, norms, losses) or one the model's step reduces."""
+    reference = _components(found["optax.adam"])
+    assert reference, "the FSDP step has collectives of its own"
+    for name in ("lyapunov_adam", "lyapunov_sgd"):
+        for op, part in _components(found[name]):
+            if op == "all-reduce" and part.endswith("[]"):
+                continue
+            assert (op, part) in reference, (name, op, part)
 
 
 def test_curvature_from_one_device_s_rows_alone_would_be_told_apart() -> None:
