@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import tokenize
@@ -123,3 +124,30 @@ def test_pmap_guard_judges_the_mean_loss_and_backtracks_alike(
         np.testing.assert_array_equal(run[name][:, 0], run[name][:, 1], err_msg=name)
     # At ten times the example's rate the guard had steps to shrink.
     assert run["backtracks"].sum() > 0
+
+
+def code_lines(source: str) -> set[str]:
+    """The stripped lines of ``source``, without their comments."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    drop = {(t.start[0], t.string) for t in tokens if t.type == tokenize.COMMENT}
+    out = set()
+    for n, line in enumerate(source.splitlines(), start=1):
+        for number, comment in drop:
+            if number == n:
+                line = line.replace(comment, "")
+        out.add(line.strip())
+    return out
+
+
+def test_the_readme_shows_the_changed_lines_as_the_ports_run_them() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```diff\n(.*?)^```$", readme, re.DOTALL | re.MULTILINE)
+    ports = {p: code_lines((ROOT / "tests" / p).read_text()) for p in PORTS}
+    shown = []
+    for block in blocks:
+        added = [line[1:].strip() for line in block.splitlines() if line[:1] == "+"]
+        added = [line for line in added if line]
+        matches = [p for p, lines in ports.items() if set(added) <= lines]
+        assert matches, block
+        shown.extend(matches)
+    assert sorted(shown) == sorted(PORTS)
