@@ -1,0 +1,148 @@
+"""Peak memory of one training step, from XLA's compiled memory analysis.
+
+    python -m benchmarks.memory            # the table in RESULTS.md
+    python -m benchmarks.memory --sizes 1e6
+
+Nothing is allocated: the parameters are ``jax.ShapeDtypeStruct``s, the
+optimizer state comes from ``jax.eval_shape(tx.init, ...)``, and the step
+(``value_and_grad``, ``tx.update``, ``optax.apply_updates``) is jitted with
+the parameters and the state donated, then lowered and compiled. The peak is
+``arguments + outputs + temporaries - aliased`` bytes of
+``compiled.memory_analysis()``; "extra buffers" is the peak's excess over
+the wrapped optimizer's step, in parameter-sized buffers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import lyapopt
+
+DEPTH, INPUTS, CLASSES, ROWS = 4, 64, 10, 32
+
+# name -> (factory, the optax peer it wraps)
+OPTIMIZERS: dict[str, tuple[Callable[[], optax.GradientTransformation], str]] = {
+    "optax.sgd": (lambda: optax.sgd(1e-2), "optax.sgd"),
+    "optax.adam": (lambda: optax.adam(1e-3), "optax.adam"),
+    "lyapunov_sgd first-order": (
+        lambda: lyapopt.lyapunov_sgd(safety=None, guard=None),
+        "optax.sgd",
+    ),
+    "lyapunov_adam": (lambda: lyapopt.lyapunov_adam(), "optax.adam"),
+    "lyapunov_adam every 10": (
+        lambda: lyapopt.lyapunov_adam(curvature_every=10),
+        "optax.adam",
+    ),
+    "stabilize(optax.adamw)": (
+        lambda: lyapopt.stabilize(optax.adamw(1e-3)),
+        "optax.adam",
+    ),
+}
+
+
+def width_for(size: float) -> int:
+    """The hidden width whose MLP (64-w-w-w-w-10) has about ``size`` parameters."""
+    a, b = DEPTH - 1, INPUTS + CLASSES + DEPTH
+    return int((-b + math.sqrt(b * b + 4 * a * size)) / (2 * a))
+
+
+def mlp_shapes(width: int) -> list[dict[str, jax.ShapeDtypeStruct]]:
+    sizes = [INPUTS] + [width] * DEPTH + [CLASSES]
+    return [
+        {
+            "w": jax.ShapeDtypeStruct((m, n), jnp.float32),
+            "b": jax.ShapeDtypeStruct((n,), jnp.float32),
+        }
+        for m, n in itertools.pairwise(sizes)
+    ]
+
+
+def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    for layer in params[:-1]:
+        x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    logits = x @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def compiled_step(tx: optax.GradientTransformation, params: Any) -> Any:
+    """The donated, jitted training step, compiled for ``params``' shapes."""
+
+    def step(p: Any, s: Any, x: jax.Array, y: jax.Array) -> tuple:
+        value, grads = jax.value_and_grad(loss_fn)(p, x, y)
+        updates, s = tx.update(
+            grads, s, p, value=value, value_fn=lambda q: loss_fn(q, x, y)
+        )
+        return optax.apply_updates(p, updates), s, value
+
+    state = jax.eval_shape(tx.init, params)
+    x = jax.ShapeDtypeStruct((ROWS, INPUTS), jnp.float32)
+    y = jax.ShapeDtypeStruct((ROWS,), jnp.int32)
+    return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, x, y).compile()
+
+
+def peak_bytes(compiled: Any) -> int:
+    m = compiled.memory_analysis()
+    return (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+
+
+def measure(size: float) -> list[dict[str, Any]]:
+    params = mlp_shapes(width_for(size))
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    param_bytes = 4 * count
+    rows, peaks = [], {}
+    for name, (factory, _) in OPTIMIZERS.items():
+        start = time.perf_counter()
+        compiled = compiled_step(factory(), params)
+        seconds = time.perf_counter() - start
+        peaks[name] = peak_bytes(compiled)
+        rows.append({"name": name, "params": count, "seconds": seconds})
+    for row in rows:
+        peer = OPTIMIZERS[row["name"]][1]
+        row["peak"] = peaks[row["name"]]
+        row["ratio_to_adam"] = peaks[row["name"]] / peaks["optax.adam"]
+        row["extra_buffers"] = (peaks[row["name"]] - peaks[peer]) / param_bytes
+        row["peer"] = peer
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| parameters | optimizer | peak MiB | ratio to optax.adam "
+        "| extra parameter-sized buffers (vs peer) | compile s |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['params'] / 1e6:.1f}M | {r['name']} | {r['peak'] / 2**20:,.1f} "
+            f"| {r['ratio_to_adam']:.2f} | {r['extra_buffers']:+.2f} ({r['peer']}) "
+            f"| {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7, 1e8])
+    args = parser.parse_args(argv)
+    rows = [row for size in args.sizes for row in measure(size)]
+    out = table(rows)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
