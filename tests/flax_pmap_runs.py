@@ -42,7 +42,7 @@ NUM_CLASSES = 10
 learning_rate = 1.0  # ten times the example's: the guard has steps to refuse
 momentum = 0.9
 batch_size = 32  # 16 per device on 2 devices
-num_steps = 150
+num_steps = 100
 
 
 class CNN(nn.Module):
