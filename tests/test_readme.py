@@ -25,6 +25,9 @@ SECTIONS = (
     "Many devices",
 )
 # The sections that moved to the docs pages run in tests/test_docs.py.
+# A block right after this comment runs in many processes, in
+# tests/test_multihost.py, not here.
+ELSEWHERE = "<!-- multihost -->"
 
 
 def blocks() -> list[tuple[int, str, str]]:
@@ -34,6 +37,8 @@ def blocks() -> list[tuple[int, str, str]]:
         before = README[: m.start()]
         headings = re.findall(r"^## (.+)$", before, re.MULTILINE)
         section = headings[-1] if headings else section
+        if before.rstrip().endswith(ELSEWHERE):
+            continue
         out.append((before.count("\n") + 2, section, m.group(1)))
     return out
 
