@@ -46,6 +46,23 @@ def scale_by_gradient_modulation(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state holds the
       factor and the norm.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      A gradient of norm 3 is scaled by ``1 / (1 + 3) = 0.25``:
+
+      >>> import jax.numpy as jnp, lyapopt
+      >>> tx = lyapopt.scale_by_gradient_modulation()
+      >>> g = jnp.array([0.0, 3.0])
+      >>> updates, state = tx.update(g, tx.init(g))
+      >>> updates
+      Array([0.  , 0.75], dtype=float32)
+      >>> float(state.norm), float(state.factor)
+      (3.0, 0.25)
     """
     check_number(
         "scale_by_gradient_modulation",

@@ -4,8 +4,8 @@
 :func:`lyapopt.lyapunov_adam` and the stage transforms themselves
 (:func:`lyapopt.scale_by_curvature`, :func:`lyapopt.scale_by_level`,
 :func:`lyapopt.lyapunov_guard`) take these options under these names, with
-these defaults; ``tests/test_options.py`` checks every signature against
-:data:`DEFAULTS`. Each factory still spells its arguments out, so that
+these defaults; a test checks every signature against :data:`DEFAULTS`.
+Each factory still spells its arguments out, so that
 ``optax.inject_hyperparams`` (which reads the signature) can inject them.
 """
 

@@ -26,8 +26,28 @@ def assert_monotone_decrease(
       values: losses in step order (a 1-D sequence of finite numbers).
       tolerance: the rise allowed between consecutive values, ``>= 0``.
 
+    Returns:
+      ``None``, when no value exceeds the one before it by more than
+      ``tolerance``.
+
     Raises:
       AssertionError: at the first rise, naming the step and both values.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      A plateau passes; a rise fails:
+
+      >>> from lyapopt.testing import assert_monotone_decrease
+      >>> assert_monotone_decrease([3.0, 2.0, 2.0, 1.0])
+      >>> assert_monotone_decrease([3.0, 2.0, 2.5])
+      Traceback (most recent call last):
+        ...
+      AssertionError: the loss rose at step 2: 2.0 -> 2.5 (+0.5, tolerance 0); ...
+      >>> assert_monotone_decrease([3.0, 2.0, 2.5], tolerance=1.0)
     """
     check_number(
         "assert_monotone_decrease",
@@ -65,9 +85,30 @@ def assert_lyapunov_step(
       updates: the step, a tree like ``params``.
       tolerance: the rise allowed, ``>= 0``.
 
+    Returns:
+      ``None``, when ``V(params + updates) <= V(params) + tolerance``.
+
     Raises:
       AssertionError: when the trees differ in structure or shape, when a value
         is not finite, or when ``V(params + updates) > V(params) + tolerance``.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      On ``V(x) = x^2`` from ``x = 1``, a step to 0.5 passes; a step to -2
+      raises the loss and fails:
+
+      >>> import jax.numpy as jnp
+      >>> from lyapopt.testing import assert_lyapunov_step
+      >>> V = lambda x: jnp.sum(x**2)
+      >>> assert_lyapunov_step(V, jnp.array([1.0]), jnp.array([-0.5]))
+      >>> assert_lyapunov_step(V, jnp.array([1.0]), jnp.array([-3.0]))
+      Traceback (most recent call last):
+        ...
+      AssertionError: the step raised the loss from 1.0 to 4.0 (+3, tolerance 0).
     """
     check_number(
         "assert_lyapunov_step",

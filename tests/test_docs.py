@@ -32,19 +32,8 @@ FENCE = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 SUBPACKAGES = ("diagnostics", "flax", "testing")
 # Public functions whose docstring has no `Examples` yet; shrink it, never grow it.
 WITHOUT_EXAMPLES = {
-    "lyapopt.scale_by_gradient_modulation",
-    "lyapopt.diagnostics.filter_normalized_directions",
-    "lyapopt.diagnostics.hvp",
-    "lyapopt.diagnostics.level_set_components",
-    "lyapopt.diagnostics.loss_slice",
-    "lyapopt.diagnostics.path_checks",
-    "lyapopt.diagnostics.pca_directions",
-    "lyapopt.diagnostics.segment_profile",
-    "lyapopt.diagnostics.sharpness",
     "lyapopt.flax.apply_gradients",
     "lyapopt.flax.nnx_value_fn",
-    "lyapopt.testing.assert_lyapunov_step",
-    "lyapopt.testing.assert_monotone_decrease",
 }
 
 

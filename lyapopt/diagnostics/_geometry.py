@@ -96,6 +96,24 @@ def level_set_components(
     Returns:
       ``LevelSetComponents(superlevel, sublevel)``: integer arrays with the
       shape of ``level`` (0-d for a scalar; ``int(...)`` gives the number).
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+    Examples:
+      Two peaks, 2 and 3, rise above 1.5; three dips, the 0s and the 1,
+      lie below it:
+
+      >>> import numpy as np
+      >>> from lyapopt.diagnostics import level_set_components
+      >>> values = np.array([0.0, 2.0, 1.0, 3.0, 0.0])
+      >>> counts = level_set_components(values, 1.5)
+      >>> int(counts.superlevel), int(counts.sublevel)
+      (2, 3)
+      >>> level_set_components(values, [0.5, 2.5]).superlevel
+      array([1, 1])
     """
     where = "level_set_components"
     grid = np.asarray(values, dtype=np.float64)
@@ -217,6 +235,26 @@ def loss_slice(
     Returns:
       ``LossSlice(alphas, betas, values)`` with ``values`` of shape
       ``(ny, nx)``.
+
+    References:
+      Li, Xu, Taylor, Studer and Goldstein, "Visualizing the Loss Landscape
+      of Neural Nets", NeurIPS 2018.
+
+    Examples:
+      With the unit vectors as directions, the slice of ``x^2 + y^2`` around
+      zero is the function on the grid:
+
+      >>> import jax.numpy as jnp
+      >>> from lyapopt.diagnostics import loss_slice
+      >>> f = lambda p: jnp.sum(p**2)
+      >>> e1, e2 = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
+      >>> s = loss_slice(f, jnp.zeros(2), (e1, e2), extent=1.0, num=3)
+      >>> s.alphas
+      Array([-1.,  0.,  1.], dtype=float32)
+      >>> s.values
+      Array([[2., 1., 2.],
+             [1., 0., 1.],
+             [2., 1., 2.]], dtype=float32)
     """
     where = "loss_slice"
     if len(directions) != 2:
@@ -278,6 +316,23 @@ def filter_normalized_directions(
 
     Returns:
       ``(d1, d2)``: two independent directions, trees like ``params``.
+
+    References:
+      Li, Xu, Taylor, Studer and Goldstein, "Visualizing the Loss Landscape
+      of Neural Nets", NeurIPS 2018.
+
+    Examples:
+      Each column (filter) of ``d1["w"]`` has the norm of that column of
+      ``w``, 5 and 1; the bias gets a zero direction:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from lyapopt.diagnostics import filter_normalized_directions
+      >>> params = {"w": jnp.array([[3.0, 0.0], [4.0, 1.0]]), "b": jnp.ones(2)}
+      >>> d1, d2 = filter_normalized_directions(jax.random.key(0), params)
+      >>> jnp.linalg.norm(d1["w"], axis=0).round(3)
+      Array([5., 1.], dtype=float32)
+      >>> d1["b"]
+      Array([0., 0.], dtype=float32)
     """
 
     def normalise(d: jax.Array, w: jax.Array) -> jax.Array:
@@ -339,6 +394,24 @@ def pca_directions(trajectory: Any, *, center: Any = None) -> TrajectoryPCA:
       ``TrajectoryPCA(center, directions, coordinates, explained_variance)``.
       The directions are orthonormal over the whole tree; each is signed so
       that its largest coordinate in magnitude is positive.
+
+    References:
+      Li, Xu, Taylor, Studer and Goldstein, "Visualizing the Loss Landscape
+      of Neural Nets", NeurIPS 2018.
+
+    Examples:
+      A straight run from ``(0, 0)`` to its centre ``(2, 2)`` lies on ``d1``:
+
+      >>> import jax.numpy as jnp
+      >>> from lyapopt.diagnostics import pca_directions
+      >>> run = jnp.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+      >>> pca = pca_directions(run)
+      >>> pca.directions[0].round(3)
+      Array([-0.707, -0.707], dtype=float32)
+      >>> pca.coordinates[:2, 0].round(3)  # the centre itself is at 0
+      Array([2.828, 1.414], dtype=float32)
+      >>> pca.explained_variance.round(3)
+      Array([1., 0.], dtype=float32)
     """
     where = "pca_directions"
     n = _snapshots(where, trajectory)
@@ -443,6 +516,28 @@ def path_checks(
 
     Returns:
       ``PathChecks``, one entry per step in each field.
+
+    References:
+      Chaudhary, Nidhi, Heikkonen, Merisaari and Kanth, "Super Level Sets and
+      Exponential Decay: A Synergistic Approach to Stable Neural Network
+      Training", JAIR 83 (2025), doi:10.1613/jair.1.17272.
+
+      Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural
+      Networks Typically Occurs at the Edge of Stability", ICLR 2021.
+
+    Examples:
+      Gradient steps on ``f(x) = x^2`` (``lambda_max = 2``): at rate 0.25
+      from 1 to 0.5, then at rate 1.25 from 0.5 over the minimum to -0.75:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from lyapopt.diagnostics import path_checks
+      >>> f = lambda x: jnp.sum(x**2)
+      >>> run = jnp.array([[1.0], [0.5], [-0.75]])
+      >>> checks = path_checks(f, run, jnp.array([0.25, 1.25]), key=jax.random.key(0))
+      >>> checks.below_start, checks.stable
+      (Array([ True, False], dtype=bool), Array([ True, False], dtype=bool))
+      >>> checks.eta_sharpness.round(3)
+      Array([0.5, 2.5], dtype=float32)
     """
     where = "path_checks"
     check_number(where, "num", num, lower=2.0, integer=True, fix="Such as 11.")

@@ -16,9 +16,10 @@ from lyapopt._checks import check_key, check_like_params, check_number
 def hvp(value_fn: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
     """The Hessian-vector product ``H(params) v`` by forward-over-reverse.
 
-    ``jax.jvp(jax.grad(value_fn), (params,), (v,))``: about 2.7x a
-    ``value_and_grad``, so lyapopt's step never calls it; it is for
-    diagnostics such as :func:`sharpness`.
+    ``jax.jvp(jax.grad(value_fn), (params,), (v,))``: several times the cost
+    of a ``value_and_grad`` (:doc:`the benchmarks </benchmarks>` measure it), so
+    lyapopt's step never calls it; it is for diagnostics such as
+    :func:`sharpness`.
 
     Args:
       value_fn: the loss, params -> scalar.
@@ -27,6 +28,20 @@ def hvp(value_fn: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
 
     Returns:
       ``H v``, a tree like ``params``.
+
+    References:
+      Pearlmutter, "Fast Exact Multiplication by the Hessian", Neural
+      Computation 6 (1994).
+
+    Examples:
+      The Hessian of ``x.Ax / 2`` is ``A`` (symmetric), so ``hvp`` gives ``A v``:
+
+      >>> import jax.numpy as jnp
+      >>> from lyapopt.diagnostics import hvp
+      >>> A = jnp.array([[2.0, 1.0], [1.0, 3.0]])
+      >>> f = lambda x: 0.5 * x @ A @ x
+      >>> hvp(f, jnp.zeros(2), jnp.array([1.0, 0.0]))
+      Array([2., 1.], dtype=float32)
     """
     check_like_params("hvp", "v", v, params)
     return jax.jvp(jax.grad(value_fn), (params,), (v,))[1]
@@ -55,6 +70,19 @@ def sharpness(
     Returns:
       The Rayleigh quotient ``v.Hv / v.v`` of the last iterate, a scalar of
       the parameters' (at least float32) dtype.
+
+    References:
+      Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural
+      Networks Typically Occurs at the Edge of Stability", ICLR 2021.
+
+    Examples:
+      The Hessian of ``(x^2 + 4 y^2) / 2`` is ``diag(1, 4)``:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from lyapopt.diagnostics import sharpness
+      >>> f = lambda p: 0.5 * (p[0] ** 2 + 4 * p[1] ** 2)
+      >>> round(float(sharpness(f, jnp.ones(2), key=jax.random.key(0))), 3)
+      4.0
     """
     check_number(
         "sharpness",
@@ -101,6 +129,22 @@ def segment_profile(
 
     Returns:
       ``(t, values)``: ``t`` from 0 to 1 and ``value_fn((1 - t) a + t b)``.
+
+    References:
+      Goodfellow, Vinyals and Saxe, "Qualitatively Characterizing Neural
+      Network Optimization Problems", ICLR 2015.
+
+    Examples:
+      A step from -1 to 1 over ``f(x) = x^2`` passes the minimum at ``t = 0.5``:
+
+      >>> import jax.numpy as jnp
+      >>> from lyapopt.diagnostics import segment_profile
+      >>> f = lambda x: jnp.sum(x**2)
+      >>> t, values = segment_profile(f, jnp.array([-1.0]), jnp.array([1.0]), num=5)
+      >>> t
+      Array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+      >>> values
+      Array([1.  , 0.25, 0.  , 0.25, 1.  ], dtype=float32)
     """
     check_number(
         "segment_profile",
