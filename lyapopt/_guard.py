@@ -50,13 +50,18 @@ class _Judge(NamedTuple):
     moves: jax.Array  # the update is not zero
 
     def holds(self, after: jax.Array, scale: jax.Array) -> jax.Array:
-        """Whether ``V(theta + scale u) = after`` is accepted; False for NaN."""
+        """Whether ``V(theta + scale u) = after`` is accepted; False for NaN.
+
+        A zero update always holds: it changes nothing, whatever the last
+        bit of a loss computed by another compiled program says.
+        """
         demanded = scale * self.required
         # A decrease below float resolution cannot be checked: ask only for
         # no rise there, or converged steps would all be refused.
         eps = jnp.finfo(self.before.dtype).eps
         resolvable = -demanded > 8 * eps * jnp.abs(self.before)
-        return self.judged & (after <= self.bound + jnp.where(resolvable, demanded, 0))
+        lower = after <= self.bound + jnp.where(resolvable, demanded, 0)
+        return self.judged & (lower | ~self.moves)
 
 
 def _backtrack(
@@ -80,7 +85,7 @@ def _backtrack(
     return scale, after, backtracks
 
 
-def _mismatch(value: Any, before: jax.Array) -> jax.Array:
+def _mismatch(value: Any, before: jax.Array, axis_name: Any) -> jax.Array:
     """Whether the caller's ``value`` disagrees with ``value_fn(params)``.
 
     Beyond the square root of the coarser dtype's epsilon, relative: the two
@@ -89,9 +94,59 @@ def _mismatch(value: Any, before: jax.Array) -> jax.Array:
     """
     v = _line.loss_scalar(_WHERE, value, before.dtype, name="value")
     given = jnp.asarray(value).dtype
+    v = _line.across(v, axis_name)
     eps = max(float(jnp.finfo(given).eps), float(jnp.finfo(before.dtype).eps))
     gap = jnp.abs(v.astype(before.dtype) - before)
     return jnp.isfinite(before) & ~(gap <= jnp.sqrt(eps) * jnp.abs(before))
+
+
+_COLLECTIVES = frozenset(
+    ("psum", "pmax", "pmin", "all_gather", "ppermute", "all_to_all", "psum_scatter")
+)
+
+
+def _collective_axes(jaxpr: Any) -> set[Any]:
+    """The named axes that the collectives of a jaxpr (and its sub-jaxprs) use."""
+    axes: set[Any] = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _COLLECTIVES:
+            named = eqn.params.get("axes", eqn.params.get("axis_name", ()))
+            named = named if isinstance(named, (tuple, list)) else (named,)
+            axes.update(a for a in named if isinstance(a, str))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    axes |= _collective_axes(inner)
+    return axes
+
+
+def _refuse_unsynchronised(value_fn: Any, params: Any, before: jax.Array) -> None:
+    """Raises when each replica would judge its own loss and wait on the others.
+
+    Under ``jax.pmap`` (or ``shard_map``) a ``value_fn`` that communicates
+    over a mapped axis (a BatchNorm's cross-device mean) but returns a loss
+    that differs between replicas makes the backtracking run a different
+    number of times on each device, and the collective inside it waits
+    forever. ``axis_name`` makes the decision common; a loss that
+    ``shard_map`` types as the same on every device needs nothing.
+    """
+    axes = _collective_axes(jax.make_jaxpr(value_fn)(params).jaxpr)
+    if not axes:
+        return
+    varying = getattr(jax.typeof(before), "vma", None)
+    if varying is not None and not varying:
+        return  # the same loss on every device
+    name = sorted(axes)[0]
+    raise ValueError(
+        f"{_WHERE}: `value_fn` communicates over the mapped axis {name!r} (e.g. a "
+        "BatchNorm's cross-device mean) but its loss may differ between devices, "
+        "so each device would judge the step on its own loss: the backtracking "
+        "would run a different number of times on each, and the collective "
+        "would wait forever. Pass the axis to the optimizer: "
+        f"`axis_name={name!r}` (e.g. `lyapopt.stabilize(tx, axis_name={name!r})`), "
+        "so the loss, slope and curvature are averaged over it."
+    )
 
 
 def lyapunov_guard(
@@ -283,8 +338,10 @@ def lyapunov_guard(
         check_like_params(_WHERE, "updates", updates, params)
         dtype = state.scale.dtype
         judge = judge_step(updates, params, value_fn, grad, dtype)
+        if axis_name is None:
+            _refuse_unsynchronised(value_fn, params, judge.before)
         one = jnp.ones([], judge.before.dtype)
-        after = judge.value_at(one)
+        after = jnp.where(judge.moves, judge.value_at(one), judge.before)
         holds = judge.holds(after, one)
         # The gradient promised a decrease that float resolution can show,
         # and the loss did not move at all: value_fn does not see the step.
@@ -304,7 +361,7 @@ def lyapunov_guard(
         mismatch = (
             jnp.asarray(False)
             if value is None
-            else _mismatch(_line.across(jnp.asarray(value), axis_name), judge.before)
+            else _mismatch(value, judge.before, axis_name)
         )
         scale, backtracks = one, jnp.zeros([], jnp.int32)
         if guard == "check":

@@ -174,6 +174,14 @@ def stabilize(
       Array([1., 1., 1.], dtype=float32)
     """
     options = _options.collect(locals())
+    if isinstance(tx, optax.MultiSteps):
+        raise TypeError(
+            "stabilize: `tx` must be an optax GradientTransformation such as "
+            "`optax.adam(1e-3)`, got MultiSteps. `optax.MultiSteps` is a class, "
+            "not a transformation: pass `optax.MultiSteps(tx, every_k_schedule=k)"
+            ".gradient_transformation()`, or accumulate around lyapopt: "
+            "`optax.MultiSteps(lyapopt.stabilize(tx), every_k_schedule=k)`."
+        )
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
             "stabilize: `tx` must be an optax GradientTransformation such as "

@@ -300,11 +300,6 @@ def test_a_tuple_loss_without_has_aux_is_refused_with_the_fix() -> None:
         optimizer.update(model, grads, value=loss, value_fn=value_fn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: lyapunov_guard calls jnp.asarray(value) before loss_scalar's "
-    "tuple check, so a `(loss, aux)` value fails with JAX's own TypeError",
-)
 def test_a_tuple_value_in_apply_gradients_is_refused_with_the_fix() -> None:
     state, loss_fn = linen_state(lyapopt.lyapunov_adam())
     loss, grads = jax.value_and_grad(loss_fn)(state.params, (X, Y))
@@ -359,28 +354,18 @@ def test_nnx_optimizer_update_without_value_fn_names_the_flax_helpers() -> None:
         optimizer.update(model, grads)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: stabilize's TypeError for a MultiSteps does not name "
-    "`.gradient_transformation()` yet",
-)
 def test_stabilize_refuses_multisteps_and_names_gradient_transformation() -> None:
     multi = optax.MultiSteps(optax.adam(1e-2), every_k_schedule=5)
     with pytest.raises(TypeError, match=r"\.gradient_transformation\(\)"):
         lyapopt.stabilize(multi)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the guard recomputes V(theta + 0) by another compiled path; a "
-    "last-bit rise (1 ulp) on a zero update is judged a violation and backtracked",
-)
 def test_multisteps_inside_stabilize_counts_no_violation_on_the_mini_steps() -> None:
     # On MultiSteps' mini-steps the update is exactly zero, so the parameters
-    # do not move and the loss cannot rise. 0.1 reported "violations" there
-    # (it took V(theta) from `value`); 0.2 still does (7 in these 25 calls,
-    # each with 8 backtracks): V(theta + 0) is evaluated by another compiled
-    # program than V(theta) and can come out one float32 ulp higher.
+    # do not move and the loss cannot rise. 0.1 reported 7 "violations" in
+    # these 25 calls, each with 8 backtracks: V(theta + 0), evaluated by
+    # another compiled program than V(theta), came out one float32 ulp
+    # higher. A zero update now always holds.
     tx = lyapopt.stabilize(
         optax.MultiSteps(optax.adam(1e-2), every_k_schedule=5).gradient_transformation()
     )

@@ -216,3 +216,35 @@ def test_a_value_fn_that_ignores_its_argument_is_counted(make) -> None:
     # A value_fn that does use its argument is never counted.
     _, state, _ = run(tx, f, w, steps=20)
     assert int(lyapopt.stats(state)["value_fn_detached"]) == 0
+
+
+def test_a_value_fn_that_communicates_under_pmap_needs_axis_name() -> None:
+    # A BatchNorm-like value_fn: statistics averaged across devices, the loss
+    # of each device's own rows. Without axis_name each device would judge
+    # its own loss, backtrack its own number of times, and the collective in
+    # the loop would wait forever; lyapopt refuses before it can hang.
+    x = jnp.arange(12.0).reshape(1, 3, 4)
+
+    def value_fn(w, rows):
+        mean = jax.lax.pmean(jnp.mean(rows, axis=0), "batch")
+        return jnp.mean(((rows - mean) @ w) ** 2)
+
+    def local_step(w, state, rows, tx):
+        loss, grads = jax.value_and_grad(value_fn)(w, rows)
+        grads = jax.lax.pmean(grads, "batch")
+        updates, state = tx.update(
+            grads, state, w, value=loss, value_fn=value_fn, rows=rows
+        )
+        return optax.apply_updates(w, updates), state
+
+    w = jnp.ones((1, 4))
+    for tx in (lyapopt.lyapunov_adam(), lyapopt.stabilize(optax.sgd(0.1), safety=None)):
+        state = jax.tree.map(lambda a: a[None], tx.init(w[0]))
+        step = jax.pmap(lambda w, s, r: local_step(w, s, r, tx), axis_name="batch")  # noqa: B023
+        with pytest.raises(ValueError, match=r"axis_name='batch'"):
+            step(w, state, x)
+    tx = lyapopt.lyapunov_adam(axis_name="batch")
+    state = jax.tree.map(lambda a: a[None], tx.init(w[0]))
+    step = jax.pmap(lambda w, s, r: local_step(w, s, r, tx), axis_name="batch")
+    new_w, _ = step(w, state, x)
+    assert new_w.shape == w.shape and not bool(jnp.array_equal(new_w, w))
