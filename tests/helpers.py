@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parabola(dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array, Callable]:
@@ -66,3 +73,30 @@ def run(
 
     (params, state), losses = scan(params, tx.init(params))
     return params, state, losses
+
+
+def run_on_devices(module: str, out: Path, devices: int) -> dict[str, np.ndarray]:
+    """``python -m module OUT`` in a process with ``devices`` CPU devices.
+
+    JAX fixes the number of CPU devices when it starts, so multi-device runs
+    need their own process. Returns the arrays the module saved to ``OUT``.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", module, str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(out))

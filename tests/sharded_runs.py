@@ -57,11 +57,17 @@ AXIS_TYPES = {
 }
 
 
-def step(tx: optax.GradientTransformation, params: Any, state: Any, batch: Any):
+def step(
+    tx: optax.GradientTransformation,
+    params: Any,
+    state: Any,
+    batch: Any,
+    loss_fn: Callable = digits.loss_fn,
+):
     """The README's step: the loss, its gradient and value_fn on ``batch``."""
-    loss, grads = jax.value_and_grad(digits.loss_fn)(params, batch)
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, state = tx.update(
-        grads, state, params, value=loss, value_fn=lambda p: digits.loss_fn(p, batch)
+        grads, state, params, value=loss, value_fn=lambda p: loss_fn(p, batch)
     )
     return optax.apply_updates(params, updates), state
 
@@ -154,6 +160,17 @@ def fsdp_loss_fn(explicit: tuple[str, ...]) -> Callable:
     return loss_fn
 
 
+def fsdp_start(mesh: Any, tx: optax.GradientTransformation, loss_fn: Callable):
+    """The step of ``loss_fn`` and its inputs on ``mesh`` (call it under it)."""
+    params = {
+        k: jax.device_put(v, NamedSharding(mesh, FSDP_SPECS[k]))
+        for k, v in digits.init(jax.random.key(0)).items()
+    }
+    batch = jax.device_put(digits.batch(ROWS), NamedSharding(mesh, P("data")))
+    state = jax.jit(tx.init)(params)
+    return functools.partial(step, tx, loss_fn=loss_fn), params, state, batch
+
+
 def fsdp(kind: str, name: str) -> tuple:
     """Batch over "data" (4) and every weight over "data" x "model" (4 x 2)."""
     types = AXIS_TYPES[kind]
@@ -163,26 +180,12 @@ def fsdp(kind: str, name: str) -> tuple:
         for a, t in zip(("data", "model"), types, strict=True)
         if t == AxisType.Explicit
     )
-    loss_fn = fsdp_loss_fn(explicit)
     tx = OPTIMIZERS[name]()
-
-    @jax.jit
-    def step(params: Any, state: Any, batch: Any) -> tuple:
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, state = tx.update(
-            grads, state, params, value=loss, value_fn=lambda p: loss_fn(p, batch)
-        )
-        return optax.apply_updates(params, updates), state
-
     with jax.set_mesh(mesh):
-        params = {
-            k: jax.device_put(v, NamedSharding(mesh, FSDP_SPECS[k]))
-            for k, v in digits.init(jax.random.key(0)).items()
-        }
-        batch = jax.device_put(digits.batch(ROWS), NamedSharding(mesh, P("data")))
-        state = jax.jit(tx.init)(params)
+        fsdp_step, params, state, batch = fsdp_start(mesh, tx, fsdp_loss_fn(explicit))
+        fsdp_step = jax.jit(fsdp_step)
         for _ in range(STEPS):
-            params, state = step(params, state, batch)
+            params, state = fsdp_step(params, state, batch)
 
     def placed(x: jax.Array, k: str) -> bool:
         return x.sharding.is_equivalent_to(NamedSharding(mesh, FSDP_SPECS[k]), x.ndim)
@@ -259,23 +262,11 @@ _COLLECTIVE = re.compile(
 def collectives(tx: optax.GradientTransformation) -> list[list[str]]:
     """The collectives in the compiled explicit-FSDP step: ``[op, result type]``."""
     mesh = jax.make_mesh((4, 2), ("data", "model"))
-    loss_fn = fsdp_loss_fn(("data", "model"))
-
-    def step(params: Any, state: Any, batch: Any) -> tuple:
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, state = tx.update(
-            grads, state, params, value=loss, value_fn=lambda p: loss_fn(p, batch)
-        )
-        return optax.apply_updates(params, updates), state
-
     with jax.set_mesh(mesh):
-        params = {
-            k: jax.device_put(v, NamedSharding(mesh, FSDP_SPECS[k]))
-            for k, v in digits.init(jax.random.key(0)).items()
-        }
-        batch = jax.device_put(digits.batch(ROWS), NamedSharding(mesh, P("data")))
-        state = jax.jit(tx.init)(params)
-        hlo = jax.jit(step).lower(params, state, batch).compile().as_text()
+        fsdp_step, params, state, batch = fsdp_start(
+            mesh, tx, fsdp_loss_fn(("data", "model"))
+        )
+        hlo = jax.jit(fsdp_step).lower(params, state, batch).compile().as_text()
     return [
         [op, re.sub(r"\{[^}]*\}", "", shape)] for shape, op in _COLLECTIVE.findall(hlo)
     ]

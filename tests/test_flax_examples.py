@@ -15,15 +15,14 @@ and must reach 90% accuracy on the 297 digits it does not train on.
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 import tokenize
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import run_on_devices
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = ("flax_nnx_tutorial.py", "flax_linen_mnist.py", "flax_pmap_runs.py")
@@ -72,25 +71,7 @@ def test_linen_split_jit_mnist_trains_to_90_percent() -> None:
 
 def pmap_run(out: Path) -> dict[str, np.ndarray]:
     """tests/flax_pmap_runs.py in a process with 2 CPU devices."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=2".strip(),
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-        ),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.flax_pmap_runs", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(out))
+    return run_on_devices("tests.flax_pmap_runs", out, 2)
 
 
 def test_pmap_imagenet_step_with_batchnorm_trains_alike_on_two_devices(

@@ -85,6 +85,15 @@ def step_fn(
     return step
 
 
+def scan(step: Callable, params: Any, state: Any, length: int) -> tuple[Any, Any]:
+    """``length`` steps in one jitted ``lax.scan``."""
+
+    def f(carry: Any, _: None) -> tuple[Any, None]:
+        return step(*carry), None
+
+    return jax.jit(lambda c: jax.lax.scan(f, c, length=length)[0])((params, state))
+
+
 # ---------------------------------------------------------------------------
 # contrib/_common_test.py: ContribTest
 
@@ -125,14 +134,7 @@ def test_optimizers(name: str, target: Callable) -> None:
     state = opt.init(initial_params)
     state = optax.tree.map_params(opt, lambda v: v, state)  # a no-op must work
 
-    @jax.jit
-    def run(params: Any, state: Any) -> Any:
-        def f(carry: Any, _: None) -> tuple[Any, None]:
-            return step(*carry), None
-
-        return jax.lax.scan(f, (params, state), length=30_000)[0]
-
-    params, _ = run(initial_params, state)
+    params, _ = scan(step, initial_params, state, 30_000)
     test_utils.assert_trees_all_close(params, final_params, rtol=3e-2, atol=3e-2)
 
 
@@ -285,14 +287,7 @@ def test_optimization(name: str, target: Callable, dtype: Any) -> None:
     step = step_fn(opt, objective, conjugate=True)
     state = optax.tree.map_params(opt, lambda v: v, opt.init(initial_params))
 
-    @jax.jit
-    def run(params: Any, state: Any) -> Any:
-        def f(carry: Any, _: None) -> tuple[Any, None]:
-            return step(*carry), None
-
-        return jax.lax.scan(f, (params, state), length=10_000)[0]
-
-    params, _ = run(initial_params, state)
+    params, _ = scan(step, initial_params, state, 10_000)
     test_utils.assert_trees_all_close(params, final_params, rtol=3e-2, atol=3e-2)
 
     jitted = jax.jit(step)

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -22,8 +19,8 @@ import optax
 
 import lyapopt
 from tests import digits, sharded_runs
+from tests.helpers import run_on_devices
 
-ROOT = Path(__file__).resolve().parent.parent
 # Float32 rounding, summed in another order on 8 devices, over 10 steps: the
 # largest difference measured is 2.4e-6. The cap and the guard on one
 # device's 32 rows instead of the global batch (below) move a weight by 0.38.
@@ -32,25 +29,7 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
 def eight_devices(out: Path) -> dict[str, np.ndarray]:
     """The runs of tests/sharded_runs.py, in a process with 8 CPU devices."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=8".strip(),
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-        ),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_runs", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(out))
+    return run_on_devices("tests.sharded_runs", out, 8)
 
 
 @functools.cache
