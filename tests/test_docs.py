@@ -31,10 +31,7 @@ DOCS = ROOT / "docs"
 FENCE = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 SUBPACKAGES = ("diagnostics", "flax", "testing")
 # Public functions whose docstring has no `Examples` yet; shrink it, never grow it.
-WITHOUT_EXAMPLES = {
-    "lyapopt.flax.apply_gradients",
-    "lyapopt.flax.nnx_value_fn",
-}
+WITHOUT_EXAMPLES: set[str] = set()
 
 
 def public_names(module) -> list[str]:

@@ -60,6 +60,21 @@ def apply_gradients(state: Any, *, grads: Any, **kwargs: Any) -> Any:
       ValueError: when ``grads`` holds an ``overwrite_with_gradient``
         collection (fp8 training): ``value_fn`` would then see only part of
         the variables.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, lyapopt
+      >>> from flax.training.train_state import TrainState
+      >>> def loss_fn(params):
+      ...     return jnp.sum((params["w"] - 1.0) ** 2)
+      >>> state = TrainState.create(
+      ...     apply_fn=None, params={"w": jnp.zeros(2)}, tx=lyapopt.lyapunov_adam(0.1)
+      ... )
+      >>> loss, grads = jax.value_and_grad(loss_fn)(state.params)
+      >>> state = lyapopt.flax.apply_gradients(
+      ...     state, grads=grads, value=loss, value_fn=loss_fn
+      ... )
+      >>> int(state.step), bool(loss_fn(state.params) < loss)
+      (1, True)
     """
     if isinstance(grads, Mapping) and _OVERWRITE in grads:
         raise ValueError(

@@ -74,6 +74,22 @@ def nnx_value_fn(
 
     Returns:
       ``value_fn``, a function of the ``wrt`` state to the scalar loss.
+
+    Examples:
+      >>> import jax.numpy as jnp, lyapopt
+      >>> from flax import nnx
+      >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+      >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+      >>> def loss_fn(m, x, y):
+      ...     return jnp.mean((m(x) - y) ** 2)
+      >>> optimizer = nnx.Optimizer(model, lyapopt.lyapunov_adam(), wrt=nnx.Param)
+      >>> value_fn = lyapopt.flax.nnx_value_fn(model, loss_fn, x, y)
+      >>> loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
+      >>> bool(value_fn(nnx.state(model, nnx.Param)) == loss)
+      True
+      >>> _ = optimizer.update(model, grads, value=loss, value_fn=value_fn)
+      >>> bool(loss_fn(model, x, y) < loss)
+      True
     """
     from flax import nnx
     from flax.nnx import filterlib, graph
