@@ -293,8 +293,8 @@ def lyapunov_guard(
     ) -> _Judge:
         before = _line.value(_WHERE, value_fn, params, dtype)
         work = before.dtype
-        largest = _line.tree_max_abs(updates, work)
-        finite_step = jnp.isfinite(largest)
+        norm = _line.tree_norm(updates, work)
+        finite_step = jnp.isfinite(norm)
         if no_decrease:
             required = jnp.zeros([], work)
         else:
@@ -320,7 +320,7 @@ def lyapunov_guard(
             required=required,
             value_at=value_at,
             bound=before + jnp.asarray(tolerance).astype(work),
-            moves=largest > 0,
+            moves=norm > 0,
         )
 
     def update_fn(

@@ -109,14 +109,24 @@ def times(x: jax.Array, pre: jax.Array, inv: jax.Array) -> jax.Array:
 
 
 def tree_norm(tree: Any, dtype: Any) -> jax.Array:
-    """The global L2 norm, without overflow: ``m * ||x / m||`` with ``m = max |x|``.
+    """The global L2 norm, without overflow or underflow.
 
-    NaN when a leaf holds a NaN, Inf when it holds an Inf.
+    One pass, ``sqrt(sum |x|^2)``, when that sum is a normal number; only
+    when it overflows, underflows or is not finite, a second, scaled pass:
+    ``m * ||x / m||`` with ``m = max |x|``. NaN when a leaf holds a NaN, Inf
+    when it holds an Inf.
     """
-    m = tree_max_abs(tree, dtype)
-    pre, inv = inverse(m)
-    scaled = jax.tree.map(lambda x: times(x, pre, inv), tree)
-    return m * jnp.sqrt(tree_dot(scaled, scaled, dtype))
+    squares = tree_dot(tree, tree, dtype)
+    info = jnp.finfo(dtype)
+    plain = jnp.isfinite(squares) & (squares >= jnp.sqrt(info.tiny))
+
+    def scaled() -> jax.Array:
+        m = tree_max_abs(tree, dtype)
+        pre, inv = inverse(m)
+        unit = jax.tree.map(lambda x: times(x, pre, inv), tree)
+        return m * jnp.sqrt(tree_dot(unit, unit, dtype))
+
+    return lax.cond(plain, lambda: jnp.sqrt(squares), scaled)
 
 
 def value_fn_kwargs(value_fn: ValueFn, extra_args: Mapping[str, Any]) -> dict:
