@@ -33,6 +33,12 @@ class ScaleByCurvatureState(NamedTuple):
     # int32, steps where g.u = u.Hu = 0 exactly for u != 0: value_fn did not
     # see the parameters (a function that ignores its argument?)
     detached: jax.Array
+    # V(theta), the primal of the curvature's pass, where `value_known` (it
+    # was measured at this step, is finite, and the parameters were not
+    # promoted); 0 elsewhere. The guard in `stabilize` takes it instead of
+    # evaluating value_fn(params) again.
+    value: jax.Array
+    value_known: jax.Array  # bool
 
 
 def cap_scale(
@@ -174,6 +180,8 @@ def scale_by_curvature(
             curvature=_line.scalar(0, dtype),
             nonfinite=_line.scalar(0, jnp.int32),
             detached=_line.scalar(0, jnp.int32),
+            value=_line.scalar(0, dtype),
+            value_known=_line.scalar(False, jnp.bool_),
         )
 
     def update_fn(
@@ -193,20 +201,21 @@ def scale_by_curvature(
         dtype = state.scale.dtype
         d = _line.direction(updates, dtype)
 
-        def measure() -> tuple[jax.Array, jax.Array]:
-            return _line.unit_derivatives(_WHERE, value_fn, params, d, dtype)
+        def measure() -> tuple[jax.Array, jax.Array, jax.Array]:
+            v, slope, curv = _line.unit_derivatives(_WHERE, value_fn, params, d, dtype)
+            return v.astype(dtype), slope, curv
 
-        def reuse() -> tuple[jax.Array, jax.Array]:
+        def reuse() -> tuple[jax.Array, jax.Array, jax.Array]:
             slope = _line.slope(_WHERE, value_fn, params, d, dtype, grad, axis_name)
-            return slope, state.curvature
+            return jnp.full([], jnp.nan, dtype), slope, state.curvature
 
         if isinstance(curvature_every, int) and curvature_every == 1:
             measured = jnp.asarray(True)
-            slope, curv = measure()
+            v, slope, curv = measure()
         else:
             period = jnp.asarray(curvature_every).astype(state.count.dtype)
             measured = state.count % period == 0
-            slope, curv = lax.cond(measured, measure, reuse)
+            v, slope, curv = lax.cond(measured, measure, reuse)
 
         s_star, scale, finite = cap_scale(slope, curv, d.norm, safety, max_scale)
         keep = measured & finite & (d.norm > 0)
@@ -230,6 +239,8 @@ def scale_by_curvature(
             detached=jnp.where(
                 detached, optax.safe_increment(state.detached), state.detached
             ),
+            value=jnp.where(jnp.isfinite(v), v, 0).astype(dtype),
+            value_known=measured & jnp.isfinite(v),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -22,6 +22,9 @@ from lyapopt._checks import (
 from lyapopt._options import DEFAULTS, GUARD_MODES
 
 _WHERE = "lyapunov_guard"
+# The keyword by which `stabilize` hands its guard V(theta) from the curvature
+# cap's pass (private: no optax transform or user passes it).
+VALUE_BEFORE = "_lyapopt_value_before"
 _INT32_MAX = int(jnp.iinfo(jnp.int32).max)
 
 
@@ -83,6 +86,32 @@ def _backtrack(
     )
     scale = jnp.where(judge.holds(after, scale), scale, 0)
     return scale, after, backtracks
+
+
+def _value_before(
+    value_fn: Any,
+    params: Any,
+    dtype: jnp.dtype,
+    known: tuple[jax.Array, jax.Array] | None,
+) -> jax.Array:
+    """``V(theta) = value_fn(params)``, or ``known`` when that is it already.
+
+    ``known`` is ``(value, value_known)`` from the curvature cap's state:
+    the primal of its pass, where it measured one. The same function at the same parameters, so taking it
+    saves a forward pass where XLA cannot share the user's (a loss with
+    custom derivative rules, as softmax has, traces differently under
+    ``value_and_grad``). Not taken when the loss is wider than ``dtype``.
+    """
+
+    def evaluate() -> jax.Array:
+        return _line.value(_WHERE, value_fn, params, dtype)
+
+    shape = jax.eval_shape(evaluate)
+    if known is None or shape.dtype != jnp.dtype(dtype):
+        return evaluate()
+    value, is_known = known
+    value = jnp.asarray(value).astype(dtype)
+    return lax.cond(is_known, lambda: value, evaluate)
 
 
 def _mismatch(value: Any, before: jax.Array, axis_name: Any) -> jax.Array:
@@ -290,8 +319,9 @@ def lyapunov_guard(
         value_fn: _line.ValueFn,
         grad: optax.Updates | None,
         dtype: jnp.dtype,
+        known: tuple[jax.Array, jax.Array] | None,
     ) -> _Judge:
-        before = _line.value(_WHERE, value_fn, params, dtype)
+        before = _value_before(value_fn, params, dtype, known)
         work = before.dtype
         norm = _line.tree_norm(updates, work)
         finite_step = jnp.isfinite(norm)
@@ -337,7 +367,8 @@ def lyapunov_guard(
         value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args, axis_name)
         check_like_params(_WHERE, "updates", updates, params)
         dtype = state.scale.dtype
-        judge = judge_step(updates, params, value_fn, grad, dtype)
+        known = extra_args.get(VALUE_BEFORE)
+        judge = judge_step(updates, params, value_fn, grad, dtype, known)
         if axis_name is None:
             _refuse_unsynchronised(value_fn, params, judge.before)
         one = jnp.ones([], judge.before.dtype)

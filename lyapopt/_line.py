@@ -267,22 +267,29 @@ def slope(
 
 def unit_derivatives(
     where: str, value_fn: ValueFn, params: Any, d: Direction, dtype: Any
-) -> tuple[jax.Array, jax.Array]:
-    """``(g.u / ||u||, u.Hu / ||u||^2)`` by forward-over-forward differentiation.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(V, g.u / ||u||, u.Hu / ||u||^2)`` by forward-over-forward differentiation.
 
     A ``jax.jvp`` of a ``jax.jvp``, both along the unit direction: the inner
-    one gives the slope, the outer one its derivative, the curvature. The
-    primal is evaluated at ``params`` itself, so under one ``jax.jit`` with
-    the user's ``value_and_grad`` XLA computes the forward pass once for
-    both. Low-precision parameters are promoted to float32 for this
-    evaluation, so the second derivative is not lost to bfloat16 rounding.
+    one gives the slope, the outer one its derivative, the curvature, and
+    the primal is ``V`` itself. Low-precision parameters are promoted to
+    float32 for this evaluation, so the second derivative is not lost to
+    bfloat16 rounding; ``V`` is then NaN, since the loss of the promoted
+    parameters is not the loss of the stored ones.
+
+    Returns:
+      ``(V, g.u / ||u||, u.Hu / ||u||^2)``.
     """
 
     def v_and_slope(p: Any) -> tuple[jax.Array, jax.Array]:
         return jax.jvp(lambda q: value(where, value_fn, q, dtype), (p,), (d.unit,))
 
-    (_, gu), (_, uhu) = jax.jvp(v_and_slope, (_promoted(params),), (d.unit,))
-    return gu, uhu
+    (v, gu), (_, uhu) = jax.jvp(v_and_slope, (_promoted(params),), (d.unit,))
+    promoted = any(
+        jnp.promote_types(x.dtype, jnp.float32) != x.dtype
+        for x in jax.tree.leaves(params)
+    )
+    return (jnp.full_like(v, jnp.nan) if promoted else v), gu, uhu
 
 
 def scale_updates(updates: Any, scale: jax.Array) -> Any:

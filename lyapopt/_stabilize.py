@@ -11,7 +11,7 @@ import optax
 from lyapopt import _options
 from lyapopt._checks import check_choice
 from lyapopt._curvature import scale_by_curvature
-from lyapopt._guard import lyapunov_guard
+from lyapopt._guard import VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
 from lyapopt._level import scale_by_level
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 
@@ -189,6 +189,11 @@ def stabilize(
         )
     inner = optax.apply_if_finite(_keep_dtypes(tx), max_consecutive_errors=_NEVER)
     stages = stage_transforms(options)
+    measures_every_step = (
+        options.safety is not None
+        and isinstance(options.curvature_every, int)
+        and options.curvature_every == 1
+    )
 
     def init_fn(params: optax.Params) -> StabilizeState:
         return StabilizeState(inner.init(params), *(s.init(params) for s in stages))
@@ -209,9 +214,16 @@ def stabilize(
         extra_args = {"grad": grads, **extra_args}
         new_states = []
         for stage, stage_state in zip(stages, state[1:], strict=True):
-            updates, stage_state = stage.update(
-                updates, stage_state, params, **extra_args
-            )
+            kwargs = extra_args
+            if measures_every_step and isinstance(stage_state, LyapunovGuardState):
+                # V(theta) is the primal of the cap's pass: no second forward
+                # pass where XLA cannot share the user's. (With the curvature
+                # measured every k steps, the guard evaluates V itself: a
+                # lax.cond between the two would hide that evaluation from
+                # the sharing on the other k - 1 steps.)
+                cap = new_states[0]
+                kwargs = {**extra_args, VALUE_BEFORE: (cap.value, cap.value_known)}
+            updates, stage_state = stage.update(updates, stage_state, params, **kwargs)
             new_states.append(stage_state)
         return updates, StabilizeState(inner_state, *new_states)
 
