@@ -25,6 +25,9 @@ _WHERE = "lyapunov_guard"
 # The keyword by which `stabilize` hands its guard V(theta) from the curvature
 # cap's pass (private: no optax transform or user passes it).
 VALUE_BEFORE = "_lyapopt_value_before"
+# ... and g.u for the update it receives, computed right after the inner
+# optimizer's step, so the gradient need not live until the guard.
+SLOPE = "_lyapopt_slope"
 _INT32_MAX = int(jnp.iinfo(jnp.int32).max)
 
 
@@ -320,6 +323,7 @@ def lyapunov_guard(
         grad: optax.Updates | None,
         dtype: jnp.dtype,
         known: tuple[jax.Array, jax.Array] | None,
+        known_slope: jax.Array | None = None,
     ) -> _Judge:
         before = _value_before(value_fn, params, dtype, known)
         work = before.dtype
@@ -330,7 +334,9 @@ def lyapunov_guard(
         else:
             if grad is not None:
                 check_like_params(_WHERE, "grad", grad, params)
-            if grad is not None and not _line.is_complex(params):
+            if known_slope is not None:
+                slope = _line.across(jnp.asarray(known_slope).astype(work), axis_name)
+            elif grad is not None and not _line.is_complex(params):
                 # g.u itself: an overflow only makes a huge step unacceptable.
                 slope = _line.across(_line.tree_dot(grad, updates, work), axis_name)
             else:
@@ -368,7 +374,9 @@ def lyapunov_guard(
         check_like_params(_WHERE, "updates", updates, params)
         dtype = state.scale.dtype
         known = extra_args.get(VALUE_BEFORE)
-        judge = judge_step(updates, params, value_fn, grad, dtype, known)
+        judge = judge_step(
+            updates, params, value_fn, grad, dtype, known, extra_args.get(SLOPE)
+        )
         if axis_name is None:
             _refuse_unsynchronised(value_fn, params, judge.before)
         one = jnp.ones([], judge.before.dtype)

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lyapopt import _options
+from lyapopt import _line, _options
 from lyapopt._checks import check_choice
 from lyapopt._curvature import scale_by_curvature
-from lyapopt._guard import VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
+from lyapopt._guard import SLOPE, VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
 from lyapopt._level import scale_by_level
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 
@@ -212,9 +212,19 @@ def stabilize(
         # the raw gradient, unless a transform before this one changed it
         # (a clip, weight decay); then the caller passes it as `grad`.
         extra_args = {"grad": grads, **extra_args}
+        # g.u now, while the gradient is at hand: the guard takes it scaled
+        # by the caps' factors, and the gradient need not live until then.
+        slope = None
+        if params is not None and not _line.is_complex(params):
+            slope = _line.tree_dot(
+                extra_args["grad"], updates, _line.scalar_dtype(params)
+            )
         new_states = []
         for stage, stage_state in zip(stages, state[1:], strict=True):
             kwargs = extra_args
+            if slope is not None and isinstance(stage_state, LyapunovGuardState):
+                kwargs = {k: v for k, v in extra_args.items() if k != "grad"}
+                kwargs[SLOPE] = slope
             if measures_every_step and isinstance(stage_state, LyapunovGuardState):
                 # V(theta) is the primal of the cap's pass: no second forward
                 # pass where XLA cannot share the user's. (With the curvature
@@ -222,8 +232,10 @@ def stabilize(
                 # lax.cond between the two would hide that evaluation from
                 # the sharing on the other k - 1 steps.)
                 cap = new_states[0]
-                kwargs = {**extra_args, VALUE_BEFORE: (cap.value, cap.value_known)}
+                kwargs = {**kwargs, VALUE_BEFORE: (cap.value, cap.value_known)}
             updates, stage_state = stage.update(updates, stage_state, params, **kwargs)
+            if slope is not None and hasattr(stage_state, "scale"):
+                slope = slope * stage_state.scale.astype(slope.dtype)  # a cap's factor
             new_states.append(stage_state)
         return updates, StabilizeState(inner_state, *new_states)
 

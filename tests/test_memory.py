@@ -42,17 +42,17 @@ def test_the_model_has_a_million_parameters() -> None:
     assert 0.95e6 < PARAM_BYTES / 4 < 1.05e6
 
 
-# Measured with jax 0.10.2 on the CPU: +3.25 buffers for every stabilised
-# optimizer (the gradient, the proposed update, the cap's unit direction
-# and the guard's moved parameters are alive at once), +1.18 for the
-# first-order rule (the gradient, whose norm is needed before the step).
-# The bounds keep what was measured from growing.
+# Measured with jax 0.10.2 on the CPU: +2.56 buffers for every stabilised
+# optimizer (the proposed update, the cap's unit direction and the guard's
+# moved parameters are alive at once), +1.18 for the first-order rule (the
+# gradient, whose norm is needed before the step). The bounds keep what was
+# measured from growing.
 @pytest.mark.parametrize(
     ("name", "bound"),
     [
-        ("lyapunov_adam", 3.5),
-        ("lyapunov_adam every 10", 3.5),
-        ("stabilize(optax.adamw)", 3.5),
+        ("lyapunov_adam", 2.8),
+        ("lyapunov_adam every 10", 2.8),
+        ("stabilize(optax.adamw)", 2.8),
         ("lyapunov_sgd first-order", 1.5),
     ],
 )
