@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lyapopt import _line, _options
-from lyapopt._checks import check_choice
+from lyapopt._checks import check_choice, check_like_params
 from lyapopt._curvature import scale_by_curvature
 from lyapopt._guard import SLOPE, VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
 from lyapopt._level import scale_by_level
@@ -216,6 +216,7 @@ def stabilize(
         # by the caps' factors, and the gradient need not live until then.
         slope = None
         if params is not None and not _line.is_complex(params):
+            check_like_params("stabilize", "grad", extra_args["grad"], params)
             slope = _line.tree_dot(
                 extra_args["grad"], updates, _line.scalar_dtype(params)
             )
