@@ -96,12 +96,13 @@ def _value_before(
     params: Any,
     dtype: jnp.dtype,
     known: tuple[jax.Array, jax.Array] | None,
+    loss_dtype: jnp.dtype,
 ) -> jax.Array:
     """``V(theta) = value_fn(params)``, or ``known`` when that is it already.
 
     ``known`` is ``(value, value_known)`` from the curvature cap's state:
-    the primal of its pass, where it measured one. The same function at the same parameters, so taking it
-    saves a forward pass where XLA cannot share the user's (a loss with
+    the primal of its pass, where it measured one. The same function at the
+    same parameters, so taking it saves a forward pass where XLA cannot share the user's (a loss with
     custom derivative rules, as softmax has, traces differently under
     ``value_and_grad``). Not taken when the loss is wider than ``dtype``.
     """
@@ -109,8 +110,7 @@ def _value_before(
     def evaluate() -> jax.Array:
         return _line.value(_WHERE, value_fn, params, dtype)
 
-    shape = jax.eval_shape(evaluate)
-    if known is None or shape.dtype != jnp.dtype(dtype):
+    if known is None or loss_dtype != jnp.dtype(dtype):
         return evaluate()
     value, is_known = known
     value = jnp.asarray(value).astype(dtype)
@@ -153,7 +153,7 @@ def _collective_axes(jaxpr: Any) -> set[Any]:
     return axes
 
 
-def _refuse_unsynchronised(value_fn: Any, params: Any, before: jax.Array) -> None:
+def _refuse_unsynchronised(jaxpr: Any, before: jax.Array) -> None:
     """Raises when each replica would judge its own loss and wait on the others.
 
     Under ``jax.pmap`` (or ``shard_map``) a ``value_fn`` that communicates
@@ -163,7 +163,7 @@ def _refuse_unsynchronised(value_fn: Any, params: Any, before: jax.Array) -> Non
     forever. ``axis_name`` makes the decision common; a loss that
     ``shard_map`` types as the same on every device needs nothing.
     """
-    axes = _collective_axes(jax.make_jaxpr(value_fn)(params).jaxpr)
+    axes = _collective_axes(jaxpr)
     if not axes:
         return
     varying = getattr(jax.typeof(before), "vma", None)
@@ -323,9 +323,10 @@ def lyapunov_guard(
         grad: optax.Updates | None,
         dtype: jnp.dtype,
         known: tuple[jax.Array, jax.Array] | None,
-        known_slope: jax.Array | None = None,
+        known_slope: jax.Array | None,
+        loss_dtype: jnp.dtype,
     ) -> _Judge:
-        before = _value_before(value_fn, params, dtype, known)
+        before = _value_before(value_fn, params, dtype, known, loss_dtype)
         work = before.dtype
         norm = _line.tree_norm(updates, work)
         finite_step = jnp.isfinite(norm)
@@ -373,12 +374,23 @@ def lyapunov_guard(
         value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args, axis_name)
         check_like_params(_WHERE, "updates", updates, params)
         dtype = state.scale.dtype
-        known = extra_args.get(VALUE_BEFORE)
+        # One trace of the loss, at trace time only: its dtype, and the
+        # collectives it holds.
+        traced = jax.make_jaxpr(lambda p: _line.value(_WHERE, value_fn, p, dtype))(
+            params
+        )
         judge = judge_step(
-            updates, params, value_fn, grad, dtype, known, extra_args.get(SLOPE)
+            updates,
+            params,
+            value_fn,
+            grad,
+            dtype,
+            extra_args.get(VALUE_BEFORE),
+            extra_args.get(SLOPE),
+            traced.out_avals[0].dtype,
         )
         if axis_name is None:
-            _refuse_unsynchronised(value_fn, params, judge.before)
+            _refuse_unsynchronised(traced.jaxpr, judge.before)
         one = jnp.ones([], judge.before.dtype)
         after = jnp.where(judge.moves, judge.value_at(one), judge.before)
         holds = judge.holds(after, one)
