@@ -19,7 +19,7 @@ import jax
 import optax
 
 import lyapopt
-from benchmarks import report
+from benchmarks import lm_spikes, report
 from benchmarks.suite import Settings, run_task
 from benchmarks.tasks import TASKS, Task
 
@@ -72,6 +72,7 @@ def machine() -> dict[str, Any]:
 
 
 def select_tasks(names: list[str], quick: bool) -> tuple[Task, ...]:
+    names = [n for n in names if n in TASKS]
     if quick:
         return tuple(TASKS[n].shrunk(**QUICK[n]) for n in QUICK if n in names)
     return tuple(TASKS[n] for n in names)
@@ -108,10 +109,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke test (under 2 minutes): the full-batch task, short runs",
+        help="smoke test (a few minutes): the full-batch task and a tiny "
+        f"{lm_spikes.NAME}, short runs",
     )
     parser.add_argument(
-        "--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), metavar="TASK"
+        "--tasks",
+        nargs="+",
+        choices=[*TASKS, lm_spikes.NAME],
+        default=[*TASKS, lm_spikes.NAME],
+        metavar="TASK",
+        help=f"the suite's tasks ({', '.join(TASKS)}) and the study "
+        f"{lm_spikes.NAME} (default: all)",
     )
     parser.add_argument(
         "--out",
@@ -138,15 +146,64 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     md = args.results_md or (out / "RESULTS.md" if args.quick else DEFAULT_MD)
     tasks = select_tasks(args.tasks, args.quick)
-    if not tasks:
-        parser.error(f"--quick runs only {', '.join(QUICK)}")
+    study = lm_spikes.NAME in args.tasks
+    if not tasks and not study:
+        parser.error(f"--quick runs only {', '.join([*QUICK, lm_spikes.NAME])}")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    if tasks:
+        results = run_suite(args, tasks, argv, out, md)
+    if study:
+        results[lm_spikes.NAME] = run_study(args, argv, out, md)
+        if results[lm_spikes.NAME] is None:
+            del results[lm_spikes.NAME]
+    print(f"results: {out.resolve()}\nreport: {md.resolve()}")
+    return results
 
+
+def run_study(
+    args: argparse.Namespace, argv: list[str] | None, out: Path, md: Path
+) -> dict[str, Any] | None:
+    """The lm_spikes study: run (or read back), plot, write its section."""
+    path = out / f"{lm_spikes.NAME}.json"
+    if args.from_json is not None:
+        saved = args.from_json.parent / path.name
+        if not saved.exists():
+            print(f"{lm_spikes.NAME}: no {saved} to rebuild from; skipped")
+            return None
+        study = json.loads(saved.read_text())
+    else:
+        settings = lm_spikes.QUICK if args.quick else lm_spikes.Settings()
+        start = time.perf_counter()
+        study = lm_spikes.run_study(settings)
+        words = sys.argv[1:] if argv is None else argv
+        study["meta"] = {
+            "command": shlex.join(["python", "-m", "benchmarks", *words]),
+            "wall_seconds": time.perf_counter() - start,
+            "quick": args.quick,
+            "machine": machine(),
+        }
+        path.write_text(json.dumps(study, indent=1, allow_nan=True))
+    plots = lm_spikes.plot(study, out, md.parent)
+    lm_spikes.write(md, lm_spikes.markdown(study, study["meta"], plots))
+    for g in lm_spikes.goals(study):
+        print(f"[{'holds' if g['holds'] else 'MISSED'}] {g['goal']}: {g['measured']}")
+    return study
+
+
+def run_suite(
+    args: argparse.Namespace,
+    tasks: tuple[Task, ...],
+    argv: list[str] | None,
+    out: Path,
+    md: Path,
+) -> dict[str, Any]:
+    """The suite's tasks: run (or read back), plot, write the report."""
     if args.from_json is not None:
         results = json.loads(args.from_json.read_text())
         results["targets"] = report.targets(results)
     else:
         results = run(args, tasks, argv)
-    out.mkdir(parents=True, exist_ok=True)
     if (
         args.from_json is None
         or args.from_json.resolve() != (out / "results.json").resolve()
@@ -156,5 +213,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report.write_markdown(md, report.markdown(results, plots), "lyapopt benchmarks")
     for t in results["targets"]:
         print(f"[{'holds' if t['holds'] else 'MISSED'}] {t['target']}: {t['measured']}")
-    print(f"results: {(out / 'results.json').resolve()}\nreport: {md.resolve()}")
     return results

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import optax
@@ -35,6 +36,9 @@ class Optimizer:
     make: Callable[[LearningRate, int], optax.GradientTransformation]
     extras: tuple[str, ...] = ()
     default_lr: float | None = None
+    # The parameters to evaluate, from (state, params): schedule-free
+    # optimizers are evaluated at their averaged iterate, not at ``params``.
+    eval_params: Callable[[Any, Any], Any] | None = None
 
     @property
     def is_lyapopt(self) -> bool:

@@ -54,11 +54,6 @@ class Problem:
         self.num_train = len(d.x_train)
         self.graphdef, _ = nnx.split(task.make_model(nnx.Rngs(0)), nnx.Param)
 
-        self._evaluate = jax.jit(self.evaluate)
-
-    def evaluate_jit(self, params: Params) -> Arrays:
-        return self._evaluate(self.data, params)
-
     def init_params(self, seed: int) -> Params:
         return nnx.split(self.task.make_model(nnx.Rngs(seed)), nnx.Param)[1]
 
@@ -158,6 +153,14 @@ class Runner:
 
         self._init = jax.jit(init)
         self._run = jax.jit(run)
+        pick = opt.eval_params or (lambda state, params: params)
+        self._evaluate = jax.jit(
+            lambda data, params, state: problem.evaluate(data, pick(state, params))
+        )
+
+    def evaluate(self, params: Params, state: Any) -> Arrays:
+        """The problem's evaluation at the parameters the optimizer reports."""
+        return self._evaluate(self.problem.data, params, state)
 
     def init(self, seed: int, lr: float) -> tuple[Params, Any, jax.Array]:
         params = self.problem.init_params(seed)
@@ -217,12 +220,12 @@ def train(
     every = min(problem.task.eval_every, steps)
     idx = problem.indices(seed, steps)
     params, state, lr_arg = runner.init(seed, lr)
-    evals, values, eval_steps = [problem.evaluate_jit(params)], [], [0]
+    evals, values, eval_steps = [runner.evaluate(params, state)], [], [0]
     for start in range(0, steps, every):
         rows = idx[start : start + every]
         params, state, v = runner.run(params, state, lr_arg, rows)
         values.append(v)
-        evals.append(problem.evaluate_jit(params))
+        evals.append(runner.evaluate(params, state))
         eval_steps.append(start + len(rows))
         on_steps(len(rows))
     evals = jax.device_get(evals)

@@ -1,0 +1,668 @@
+"""``lm_spikes``: loss spikes on a byte-level Transformer LM, 1x to 30x the tuned rate.
+
+The study, in this order:
+
+1. **baseline sweep**: the usual recipe (AdamW with b2 = 0.95, linear warmup
+   over the first 5% of the steps then cosine decay to a tenth, weight decay
+   0.1, ``clip_by_global_norm(1.0)``) at learning rates on a half-decade grid
+   (``10**(k/2)``), seed 0; its best rate (lowest final validation bits per
+   byte) is ``1x``;
+2. **multipliers**: every peer at ``1x, 3x, 10x, 30x`` (exactly ``1, 10**0.5,
+   10, 10**1.5``, so that every multiplier of the baseline is a point of its
+   sweep), seed 0. A peer with a rate of its own (the learning-rate-free
+   optimizers, at their authors' defaults) is run at that default times the
+   multiplier: ``1x`` is the peer untuned;
+3. **seeds**: every peer at its best multiplier, seeds 1 and 2;
+4. **untuned**: ``lyapunov_adam()`` at its default rate, three seeds;
+5. **cost**: the seconds per step of every peer at ``1x``, interleaved in one
+   timing run (:func:`benchmarks.train.time_steps`).
+
+Per run: the spikes (a step whose batch loss exceeds ``SPIKE_FACTOR`` times
+the median of the previous ``SPIKE_WINDOW`` steps' batch losses; a non-finite
+loss counts), divergence (a non-finite final loss, or one above the
+initial), the final validation bits per byte, the batch-loss curve, and the
+step at which the validation bits per byte first reach the target (the tuned
+baseline's mean final value plus ``TARGET_SLACK``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optax
+from optax import contrib
+from tqdm.auto import tqdm
+
+import lyapopt
+from benchmarks import report
+from benchmarks.models import ByteTransformer
+from benchmarks.optimizers import Optimizer
+from benchmarks.spike_peers import skip_on_spike, spam, zclip
+from benchmarks.tasks import Task, _stdlib_lm
+from benchmarks.train import Lane, Problem, Runner, time_steps, train
+
+NAME = "lm_spikes"
+MULTIPLIERS = (1.0, 10**0.5, 10.0, 10**1.5)
+LABELS = ("1x", "3x", "10x", "30x")
+SPIKE_FACTOR, SPIKE_WINDOW = 1.5, 50
+TARGET_SLACK = 0.02  # 2% above the tuned baseline's final bits per byte
+BASELINE = "adamw+clip (recipe)"
+BEGIN = f"<!-- BEGIN GENERATED: `python -m benchmarks --tasks {NAME}` -->"
+END = f"<!-- END GENERATED: {NAME} -->"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The model, the data and the lengths of the study."""
+
+    layers: int = 4
+    width: int = 32
+    heads: int = 2
+    context: int = 128
+    batch: int = 16
+    steps: int = 1000
+    eval_every: int = 100
+    eval_windows: int = 128
+    seeds: int = 3
+    sweep_from: float = 1e-3  # the baseline's sweep starts here ...
+    sweep_points: int = 4  # ... and has at least this many rates
+    timing_rounds: int = 5
+
+    def task(self) -> Task:
+        return Task(
+            name=NAME,
+            title=(
+                f"byte-level Transformer LM ({self.layers} layers, width "
+                f"{self.width}, context {self.context}), batch {self.batch}"
+            ),
+            make_model=lambda rngs: ByteTransformer(
+                layers=self.layers,
+                width=self.width,
+                heads=self.heads,
+                context=self.context,
+                rngs=rngs,
+            ),
+            load=lambda: _stdlib_lm(self.context, self.eval_windows),
+            metric="bits_per_byte",
+            target=math.inf,
+            steps=self.steps,
+            eval_every=self.eval_every,
+            batch_size=self.batch,
+            chunk=self.eval_every,
+        )
+
+
+QUICK = Settings(
+    layers=1,
+    width=16,
+    heads=2,
+    context=32,
+    steps=60,
+    eval_every=30,
+    eval_windows=16,
+    seeds=2,
+    sweep_points=2,
+    timing_rounds=2,
+)
+
+
+# --- the peers -----------------------------------------------------------------
+
+
+def recipe_schedule(lr: Any, steps: int) -> optax.Schedule:
+    """Linear warmup over 5% of the run, then cosine decay to ``lr / 10``.
+
+    ``lr`` may be a traced array (the runner passes the rate as an argument),
+    so the schedule is the rate times a shape that peaks at 1.
+    """
+    shape = optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, max(1, steps // 20), steps, end_value=0.1
+    )
+    return lambda count: lr * shape(count)
+
+
+def adamw_recipe(
+    lr: Any, steps: int, *, clip: bool = True
+) -> optax.GradientTransformation:
+    """The baseline: AdamW (b2 0.95, weight decay 0.1), warmup + cosine, clip 1.0."""
+    adamw = optax.adamw(recipe_schedule(lr, steps), b2=0.95, weight_decay=0.1)
+    return optax.chain(optax.clip_by_global_norm(1.0), adamw) if clip else adamw
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An optimizer of the study, and the rate that is its ``1x``.
+
+    ``own_rate`` is ``None`` for a peer run at multiples of the baseline's
+    tuned rate, else the peer's own default (learning-rate-free optimizers,
+    lyapopt untuned). ``family`` groups the tables and plots.
+    """
+
+    optimizer: Optimizer
+    family: str
+    own_rate: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.optimizer.name
+
+    def rate(self, best: float, multiplier: float) -> float:
+        return (self.own_rate if self.own_rate is not None else best) * multiplier
+
+
+_LYAPOPT = ("value", "value_fn")
+
+
+def peers() -> tuple[Peer, ...]:
+    """Every peer of the study, the baseline first."""
+
+    def make(name: str, fn: Callable[[Any, int], Any], **kw: Any) -> Optimizer:
+        return Optimizer(name, fn, **kw)
+
+    clipped = "clipping and skipping"
+    free = "learning-rate-free (own default x multiplier)"
+    ours = "lyapopt"
+    return (
+        Peer(make(BASELINE, adamw_recipe), clipped),
+        Peer(
+            make("adamw (no clip)", lambda lr, n: adamw_recipe(lr, n, clip=False)),
+            clipped,
+        ),
+        Peer(
+            make(
+                "adaptive_grad_clip+adamw",
+                lambda lr, n: optax.chain(
+                    optax.adaptive_grad_clip(0.05), adamw_recipe(lr, n, clip=False)
+                ),
+            ),
+            clipped,
+        ),
+        Peer(
+            make(
+                "zclip+adamw",
+                lambda lr, n: optax.chain(zclip(), adamw_recipe(lr, n, clip=False)),
+            ),
+            clipped,
+        ),
+        Peer(
+            make(
+                "spam",
+                lambda lr, n: spam(recipe_schedule(lr, n), b2=0.95, weight_decay=0.1),
+            ),
+            clipped,
+        ),
+        Peer(
+            make(
+                "skip_on_spike(recipe)",
+                lambda lr, n: skip_on_spike(adamw_recipe(lr, n)),
+                extras=("value",),
+            ),
+            clipped,
+        ),
+        Peer(make("contrib.prodigy", lambda lr, n: contrib.prodigy(lr)), free, 1.0),
+        Peer(make("contrib.dog", lambda lr, n: contrib.dog(lr)), free, 1.0),
+        Peer(
+            make(
+                "contrib.schedule_free_adamw",
+                lambda lr, n: contrib.schedule_free_adamw(lr),
+                eval_params=contrib.schedule_free_eval_params,
+            ),
+            free,
+            0.0025,
+        ),
+        Peer(
+            make(
+                "contrib.mechanize(adamw)",
+                # Mechanic learns the scale of its base optimizer's step: the
+                # base keeps the recipe's schedule shape at a peak of 1.
+                lambda lr, n: contrib.mechanize(
+                    optax.adamw(recipe_schedule(lr, n), b2=0.95, weight_decay=0.1)
+                ),
+            ),
+            free,
+            1.0,
+        ),
+        Peer(
+            make(
+                "lyapunov_adam",
+                lambda lr, n: lyapopt.lyapunov_adam(lr),
+                extras=_LYAPOPT,
+            ),
+            ours,
+        ),
+        Peer(
+            make(
+                "stabilize(recipe)",
+                lambda lr, n: lyapopt.stabilize(adamw_recipe(lr, n)),
+                # The recipe clips and decays the weights: g.u takes the raw
+                # gradient, passed as `grad`.
+                extras=(*_LYAPOPT, "grad"),
+            ),
+            ours,
+        ),
+        Peer(
+            make(
+                "lyapunov_adam(schedule)/every10",
+                lambda lr, n: lyapopt.lyapunov_adam(
+                    recipe_schedule(lr, n), b2=0.95, curvature_every=10
+                ),
+                extras=_LYAPOPT,
+            ),
+            ours,
+        ),
+    )
+
+
+UNTUNED = "lyapunov_adam() untuned"
+
+
+# --- the runs ------------------------------------------------------------------
+
+
+def spikes(values: np.ndarray) -> int:
+    """Steps whose batch loss is above ``SPIKE_FACTOR`` times the median of the
+    previous ``SPIKE_WINDOW`` (a non-finite loss counts as a spike)."""
+    count = 0
+    for t in range(SPIKE_WINDOW, len(values)):
+        v = values[t]
+        if not math.isfinite(v):
+            count += 1
+            continue
+        before = values[t - SPIKE_WINDOW : t]
+        before = before[np.isfinite(before)]
+        if before.size and v > SPIKE_FACTOR * float(np.median(before)):
+            count += 1
+    return count
+
+
+def record(lane: Lane, multiplier: float | None) -> dict[str, Any]:
+    """A run as JSON."""
+    return {
+        "learning_rate": lane.learning_rate,
+        "multiplier": multiplier,
+        "seed": lane.seed,
+        "spikes": spikes(lane.batch_values),
+        "diverged": lane.diverged,
+        "final_bpb": lane.metric[-1],
+        "eval_steps": lane.eval_steps,
+        "bpb": lane.metric,
+        # The batch losses, every step (the curves of the spike plot).
+        "batch_loss": [float(v) for v in lane.batch_values],
+    }
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def key(r: dict[str, Any]) -> float:
+        v = r["final_bpb"]
+        return math.inf if r["diverged"] or not math.isfinite(v) else v
+
+    return min(runs, key=key)
+
+
+def run_study(settings: Settings) -> dict[str, Any]:
+    """Runs the whole study; returns it as JSON."""
+    start = time.perf_counter()
+    task = settings.task()
+    problem = Problem(task)
+    study = peers()
+    runners = {p.name: Runner(problem, p.optimizer) for p in study}
+    steps = settings.steps
+    bar = tqdm(desc=f"{NAME}: train", unit="step", mininterval=2.0)
+
+    def go(
+        peer: Peer, lr: float, seed: int, multiplier: float | None
+    ) -> dict[str, Any]:
+        bar.set_postfix_str(f"{peer.name} lr={lr:.3g} seed={seed}")
+        lane = train(runners[peer.name], lr, seed, steps, on_steps=bar.update)
+        return record(lane, multiplier)
+
+    # 1. The baseline's sweep, up the half-decade grid until its best rate has
+    # every multiplier above it.
+    base = study[0]
+    sweep: dict[float, dict[str, Any]] = {}
+    k = round(2 * math.log10(settings.sweep_from))
+    while True:
+        lr = 10 ** (k / 2)
+        sweep[lr] = go(base, lr, 0, None)
+        k += 1
+        if len(sweep) < settings.sweep_points:
+            continue
+        best_lr = _best(list(sweep.values()))["learning_rate"]
+        if max(sweep) >= best_lr * MULTIPLIERS[-1] * 0.999:
+            break
+
+    # 2. Every peer at every multiplier, seed 0 (the baseline's from its sweep).
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for peer in study:
+        runs[peer.name] = []
+        for m in MULTIPLIERS:
+            lr = peer.rate(best_lr, m)
+            near = [v for r, v in sweep.items() if math.isclose(r, lr, rel_tol=1e-6)]
+            if peer is base and near:
+                runs[peer.name].append(near[0] | {"multiplier": m})
+            else:
+                runs[peer.name].append(go(peer, lr, 0, m))
+
+    # 3. Seeds at each peer's best multiplier; 4. lyapunov_adam() untuned.
+    seeds: dict[str, list[dict[str, Any]]] = {}
+    for peer in study:
+        best = _best(runs[peer.name])
+        seeds[peer.name] = [best] + [
+            go(peer, best["learning_rate"], s, best["multiplier"])
+            for s in range(1, settings.seeds)
+        ]
+    default = lyapopt_default_rate()
+    ours = next(p for p in study if p.name == "lyapunov_adam")
+    seeds[UNTUNED] = [go(ours, default, s, None) for s in range(settings.seeds)]
+    bar.close()
+
+    # 5. The cost per step at 1x, interleaved.
+    entries = {p.name: (runners[p.name], p.rate(best_lr, 1.0)) for p in study}
+    with tqdm(
+        total=settings.timing_rounds + 1, desc=f"{NAME}: cost", unit="round"
+    ) as tbar:
+        per_step = time_steps(entries, settings.timing_rounds, on_round=tbar.update)
+
+    return {
+        "settings": asdict(settings) | {"num_params": problem.num_params()},
+        "title": task.title,
+        "best_lr": best_lr,
+        "sweep": list(sweep.values()),
+        "families": {p.name: p.family for p in study},
+        "runs": runs,
+        "seeds": seeds,
+        "default_lr": default,
+        "per_step": per_step,
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def lyapopt_default_rate() -> float:
+    import inspect
+
+    sig = inspect.signature(lyapopt.lyapunov_adam)
+    return float(sig.parameters["learning_rate"].default)
+
+
+# --- the report ----------------------------------------------------------------
+
+
+def _mean_bpb(runs: list[dict[str, Any]]) -> float:
+    values = [r["final_bpb"] for r in runs]
+    if any(r["diverged"] for r in runs) or not all(map(math.isfinite, values)):
+        return math.nan
+    return float(np.mean(values))
+
+
+def summary(study: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the goals are judged on."""
+    base = _mean_bpb(study["seeds"][BASELINE])
+    target = base * (1 + TARGET_SLACK)
+    step_s = {n: t["median"] for n, t in study["per_step"].items()}
+    out: dict[str, Any] = {"baseline_bpb": base, "target_bpb": target, "peers": {}}
+    for name, runs in study["runs"].items():
+        seeds = study["seeds"][name]
+        reached = [
+            next(
+                (
+                    s
+                    for s, v in zip(r["eval_steps"], r["bpb"], strict=True)
+                    if v <= target
+                ),
+                None,
+            )
+            for r in seeds
+        ]
+        hit = [s for s in reached if s is not None]
+        out["peers"][name] = {
+            "spikes": [r["spikes"] for r in runs],
+            "diverged": [r["diverged"] for r in runs],
+            "gap_percent": [100 * (r["final_bpb"] - base) / base for r in runs],
+            "seeds_bpb": [r["final_bpb"] for r in seeds],
+            "seeds_mean": _mean_bpb(seeds),
+            "best_multiplier": seeds[0]["multiplier"],
+            "cost_ratio": step_s[name] / step_s[BASELINE],
+            "seconds_to_target": (
+                float(np.median(hit)) * step_s[name] if len(hit) == len(seeds) else None
+            ),
+        }
+    untuned = study["seeds"][UNTUNED]
+    out["untuned"] = {
+        "bpb": [r["final_bpb"] for r in untuned],
+        "mean": _mean_bpb(untuned),
+        "gap_percent": 100 * (_mean_bpb(untuned) - base) / base,
+        "spikes": [r["spikes"] for r in untuned],
+    }
+    return out
+
+
+def goals(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """The four goals: what was measured, and whether each holds."""
+    s = summary(study)
+    ours = [n for n, f in study["families"].items() if f == "lyapopt"]
+    peers_ = s["peers"]
+    calm = {
+        n: sum(peers_[n]["spikes"]) == 0 and not any(peers_[n]["diverged"])
+        for n in ours
+    }
+    worst = {n: max(peers_[n]["gap_percent"]) for n in ours}
+    return [
+        {
+            "goal": "1. no spike, no divergence for lyapopt at 1x-30x",
+            "measured": ", ".join(f"{n}: spikes {peers_[n]['spikes']}" for n in ours),
+            "holds": all(calm.values()),
+        },
+        {
+            "goal": "2. lyapopt within 1% of the tuned baseline at every multiplier",
+            "measured": ", ".join(f"{n}: worst {w:+.1f}%" for n, w in worst.items()),
+            "holds": any(w <= 1.0 for w in worst.values()),
+        },
+        {
+            "goal": "3. lyapunov_adam() untuned within 1% of the tuned baseline",
+            "measured": f"{s['untuned']['gap_percent']:+.2f}% "
+            f"({s['untuned']['mean']:.4f} vs {s['baseline_bpb']:.4f} bits/byte)",
+            "holds": s["untuned"]["gap_percent"] <= 1.0,
+        },
+        {
+            "goal": "4. step cost at most 1.5x the baseline's",
+            "measured": ", ".join(f"{n}: {peers_[n]['cost_ratio']:.2f}x" for n in ours),
+            "holds": any(peers_[n]["cost_ratio"] <= 1.5 for n in ours),
+        },
+    ]
+
+
+def _f(x: float | None, spec: str = ".3f") -> str:
+    return report._fmt(x, spec)
+
+
+def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str]) -> str:
+    """The generated section of RESULTS.md."""
+    s = summary(study)
+    st = study["settings"]
+    lines = [
+        BEGIN,
+        "",
+        f"## Loss spikes on a language model (`{NAME}`)",
+        "",
+        f"    {meta['command']}",
+        "",
+        f"{study['title']}: {st['num_params']:,} parameters, {st['steps']} steps, "
+        f"validation bits per byte on {st['eval_windows']} held-out windows every "
+        f"{st['eval_every']} steps. The whole study took "
+        f"{study['wall_seconds'] / 60:.1f} minutes"
+        + (" (`--quick`: a smoke test, not results)." if meta.get("quick") else ".")
+        + f" Machine: {meta['machine']['cpu_model']}, `nproc` = "
+        f"{meta['machine']['nproc']}.",
+        "",
+        f"- Baseline (`{BASELINE}`): AdamW (b2 0.95), warmup over 5% of the steps "
+        "then cosine decay to a tenth, weight decay 0.1, `clip_by_global_norm(1.0)`. "
+        f"Its sweep (seed 0): "
+        + ", ".join(
+            f"{r['learning_rate']:.3g} → {_f(r['final_bpb'])}" for r in study["sweep"]
+        )
+        + f"; best rate (1x) = {study['best_lr']:.3g}.",
+        f"- Spike: a step whose batch loss exceeds {SPIKE_FACTOR}x the median of "
+        f"the previous {SPIKE_WINDOW} steps' batch losses (a non-finite loss "
+        "counts). Diverged: a non-finite final loss, or one above the initial.",
+        "- Learning-rate-free peers run at their own default rate times the "
+        "multiplier (1x is the peer untuned); every other peer at the "
+        "multiplier times the baseline's best rate.",
+        "",
+        "**Final validation bits/byte (seed 0) and spikes, at each multiplier**",
+        "",
+    ]
+    rows = []
+    for name, runs in study["runs"].items():
+        cells = [
+            f"{_f(r['final_bpb'])}{' (div.)' if r['diverged'] else ''} / {r['spikes']}"
+            for r in runs
+        ]
+        rows.append([f"`{name}`", study["families"][name], *cells])
+    lines += report._table(
+        ["peer", "family", *(f"{m}: bits/byte / spikes" for m in LABELS)],
+        rows,
+        "ll" + "r" * 4,
+    )
+    lines += [
+        "",
+        f"**At each peer's best multiplier, {st['seeds']} seeds; cost at 1x** "
+        f"(target for the time: {_f(s['target_bpb'])} bits/byte, the baseline's "
+        f"mean + {100 * TARGET_SLACK:g}%)",
+        "",
+    ]
+    rows = []
+    for name, p in s["peers"].items():
+        b = p["seeds_bpb"]
+        rows.append(
+            [
+                f"`{name}`",
+                LABELS[MULTIPLIERS.index(p["best_multiplier"])],
+                f"{_f(p['seeds_mean'])} [{_f(min(b))}-{_f(max(b))}]",
+                f"{100 * (p['seeds_mean'] - s['baseline_bpb']) / s['baseline_bpb']:+.2f}%",
+                f"{p['cost_ratio']:.2f}",
+                _f(p["seconds_to_target"], ".3g"),
+            ]
+        )
+    u = s["untuned"]
+    rows.append(
+        [
+            f"`{UNTUNED}`",
+            f"lr {study['default_lr']:g}",
+            f"{_f(u['mean'])} [{_f(min(u['bpb']))}-{_f(max(u['bpb']))}]",
+            f"{u['gap_percent']:+.2f}%",
+            "",
+            "",
+        ]
+    )
+    lines += report._table(
+        [
+            "peer",
+            "best at",
+            "bits/byte, mean [min-max]",
+            "vs baseline",
+            "step cost x baseline",
+            "seconds to target",
+        ],
+        rows,
+    )
+    lines += ["", "**Goals**", ""]
+    lines += report._table(
+        ["goal", "measured", "holds"],
+        [
+            [g["goal"], g["measured"], "yes" if g["holds"] else "**no**"]
+            for g in goals(study)
+        ],
+        "lll",
+    )
+    lines += [
+        "",
+        f"![batch loss at 10x, every peer]({plots['curves']})",
+        "",
+        f"![final bits/byte against the multiplier]({plots['rates']})",
+        "",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
+    """The two figures: batch loss at 10x, and bits/byte against the multiplier."""
+    plt = report._pyplot()
+    names = list(study["runs"])
+    colors = plt.get_cmap("tab20").colors
+    style = {
+        n: {
+            "color": colors[i % len(colors)],
+            "linewidth": 1.6 if study["families"][n] == "lyapopt" else 0.8,
+            "linestyle": "-" if study["families"][n] == "lyapopt" else "--",
+        }
+        for i, n in enumerate(names)
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    at10 = LABELS.index("10x")
+    finite = []
+    for name in names:
+        loss = np.asarray(study["runs"][name][at10]["batch_loss"], np.float64)
+        finite += list(loss[np.isfinite(loss)])
+        ax.plot(np.arange(len(loss)), loss, label=name, **style[name])
+    if finite:
+        ax.set_ylim(0.8 * min(finite), min(max(finite), 3 * float(np.median(finite))))
+    ax.set_xlabel("step")
+    ax.set_ylabel("batch cross-entropy (nats)")
+    ax.set_title(f"{NAME}: every peer at 10x (spikes are the peaks)", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    curves = out / f"{NAME}_curves_10x.png"
+    fig.savefig(curves, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    top = 0.0
+    for name in names:
+        y = [r["final_bpb"] for r in study["runs"][name]]
+        top = max([top, *[v for v in y if math.isfinite(v)]])
+    for name in names:
+        y = [
+            r["final_bpb"]
+            if math.isfinite(r["final_bpb"]) and not r["diverged"]
+            else top
+            for r in study["runs"][name]
+        ]
+        ax.plot(MULTIPLIERS, y, marker="o", markersize=3, label=name, **style[name])
+    base = summary(study)["baseline_bpb"]
+    ax.axhline(base, color="black", linewidth=0.6)
+    ax.axhline(1.01 * base, color="gray", linewidth=0.6, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xticks(MULTIPLIERS, LABELS)
+    ax.set_xlabel("learning-rate multiplier")
+    ax.set_ylabel("final validation bits/byte (diverged: top)")
+    ax.set_title(
+        f"{NAME}: quality against rate (lines: tuned baseline, +1%)", fontsize=10
+    )
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    rates = out / f"{NAME}_rates.png"
+    fig.savefig(rates, dpi=110)
+    plt.close(fig)
+    return {
+        "curves": report._relative(curves, rel),
+        "rates": report._relative(rates, rel),
+    }
+
+
+def write(md: Path, text: str) -> None:
+    """Replaces this study's section of ``md`` (appends it the first time)."""
+    old = md.read_text() if md.exists() else "# lyapopt benchmarks\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    md.write_text(new)
