@@ -253,11 +253,11 @@ def peers() -> tuple[Peer, ...]:
         ),
         Peer(
             make(
-                "lyapunov_adam(schedule)/every10",
-                lambda lr, n: lyapopt.lyapunov_adam(
-                    recipe_schedule(lr, n), b2=0.95, curvature_every=10
+                "stabilize(recipe)/every10",
+                lambda lr, n: lyapopt.stabilize(
+                    adamw_recipe(lr, n), curvature_every=10
                 ),
-                extras=_LYAPOPT,
+                extras=(*_LYAPOPT, "grad"),
             ),
             ours,
         ),

@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("benchmarks")
-    cli.main(["--quick", "--out", str(out)])
+    cli.main(["--quick", "--tasks", "mlp_full", "--out", str(out)])
     return json.loads((out / "results.json").read_text()), out
 
 

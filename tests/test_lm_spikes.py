@@ -1,0 +1,129 @@
+"""The lm_spikes study's smoke test: python -m benchmarks --quick --tasks lm_spikes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks import cli, lm_spikes
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("lm_spikes")
+    cli.main(["--quick", "--tasks", lm_spikes.NAME, "--out", str(out)])
+    return json.loads((out / f"{lm_spikes.NAME}.json").read_text()), out
+
+
+def test_the_spike_rule_counts_steps_above_one_and_a_half_medians() -> None:
+    calm = np.ones(lm_spikes.SPIKE_WINDOW)
+    # After 50 losses of 1.0 the median is 1.0: 1.6 is a spike, 1.4 is not.
+    assert lm_spikes.spikes(np.append(calm, 1.6)) == 1
+    assert lm_spikes.spikes(np.append(calm, 1.4)) == 0
+    assert lm_spikes.spikes(np.append(calm, np.nan)) == 1
+    # The first 50 steps have no full window: a rise there is not judged.
+    assert lm_spikes.spikes(np.array([1.0, 9.0, 1.0])) == 0
+    # A falling loss: the median of the window lags above it, never a spike.
+    assert lm_spikes.spikes(np.linspace(5.0, 1.0, 200)) == 0
+    # The window slides: a doubling that stays is a spike until the median
+    # catches up. With j of the last 50 at 2.0 the median (mean of the 25th
+    # and 26th values) is 1.0 for j <= 24 and 1.5 from j = 25: 25 spikes.
+    step = np.append(calm, np.full(60, 2.0))
+    assert lm_spikes.spikes(step) == 25
+
+
+def test_every_peer_runs_at_every_multiplier(quick: tuple) -> None:
+    study, _ = quick
+    names = [p.name for p in lm_spikes.peers()]
+    assert list(study["runs"]) == names
+    best = study["best_lr"]
+    for peer in lm_spikes.peers():
+        runs = study["runs"][peer.name]
+        assert [r["multiplier"] for r in runs] == list(lm_spikes.MULTIPLIERS)
+        for r, m in zip(runs, lm_spikes.MULTIPLIERS, strict=True):
+            assert math.isclose(r["learning_rate"], peer.rate(best, m), rel_tol=1e-9)
+            assert len(r["batch_loss"]) == study["settings"]["steps"]
+    # Rates of the learning-rate-free peers are their own defaults, scaled.
+    prodigy = study["runs"]["contrib.prodigy"]
+    assert [r["learning_rate"] for r in prodigy] == pytest.approx(
+        list(lm_spikes.MULTIPLIERS)
+    )
+
+
+def test_the_baseline_is_its_sweeps_best_rate_and_reuses_its_runs(quick: tuple) -> None:
+    study, _ = quick
+    sweep = study["sweep"]
+    finals = {r["learning_rate"]: r["final_bpb"] for r in sweep}
+    assert study["best_lr"] == min(finals, key=finals.get)
+    # The sweep reaches 30x the best rate, so the baseline's row is its sweep.
+    for r in study["runs"][lm_spikes.BASELINE]:
+        assert r["final_bpb"] == pytest.approx(finals[r["learning_rate"]], rel=1e-12)
+
+
+def test_seeds_at_each_peers_best_multiplier(quick: tuple) -> None:
+    study, _ = quick
+    n = study["settings"]["seeds"]
+    for name, runs in study["runs"].items():
+        seeds = study["seeds"][name]
+        assert [r["seed"] for r in seeds] == list(range(n)), name
+        best = min(
+            runs,
+            key=lambda r: math.inf if r["diverged"] else r["final_bpb"],
+        )
+        assert {r["multiplier"] for r in seeds} == {best["multiplier"]}, name
+    untuned = study["seeds"][lm_spikes.UNTUNED]
+    assert [r["learning_rate"] for r in untuned] == [study["default_lr"]] * n
+
+
+def test_every_peer_is_timed_and_the_goals_are_judged(quick: tuple) -> None:
+    study, _ = quick
+    assert set(study["per_step"]) == set(study["runs"])
+    for t in study["per_step"].values():
+        assert 0 < t["q1"] <= t["median"] <= t["q3"]
+    goals = lm_spikes.goals(study)
+    assert [g["goal"][:2] for g in goals] == ["1.", "2.", "3.", "4."]
+    s = lm_spikes.summary(study)
+    assert s["peers"][lm_spikes.BASELINE]["cost_ratio"] == 1.0
+
+
+def test_the_section_and_the_plots_are_written(quick: tuple) -> None:
+    study, out = quick
+    md = (out / "RESULTS.md").read_text()
+    assert md.count(lm_spikes.BEGIN) == 1 and md.count(lm_spikes.END) == 1
+    for name in study["runs"]:
+        row = next(line for line in md.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.count("/") >= 4, row  # bits/byte / spikes at each multiplier
+    for png in (f"{lm_spikes.NAME}_curves_10x.png", f"{lm_spikes.NAME}_rates.png"):
+        assert (out / png).read_bytes()[:8] == PNG, png
+
+
+def test_the_section_rebuilds_from_the_json_and_keeps_the_rest(
+    quick: tuple, tmp_path: Path
+) -> None:
+    _, out = quick
+    md = tmp_path / "RESULTS.md"
+    md.write_text(
+        f"# title\n\nmine\n\n{lm_spikes.BEGIN}\nSTALE\n{lm_spikes.END}\n\nafter\n"
+    )
+    cli.main(
+        [
+            "--tasks",
+            lm_spikes.NAME,
+            "--from-json",
+            str(out / f"{lm_spikes.NAME}.json"),
+            "--out",
+            str(tmp_path),
+            "--results-md",
+            str(md),
+        ]
+    )
+    text = md.read_text()
+    assert "STALE" not in text and "mine" in text and "after" in text
+    assert "## Loss spikes on a language model" in text
