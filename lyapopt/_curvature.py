@@ -199,6 +199,10 @@ def scale_by_curvature(
         if grad is not None:
             check_like_params(_WHERE, "grad", grad, params)
         dtype = state.scale.dtype
+        # From `stabilize`: the caps' factors before this one (none: it is
+        # the first), and g.u.
+        updates = _line.scaled(updates, tuple(extra_args.pop(_line.FACTORS, ())))
+        known_slope = extra_args.pop(_line.SLOPE, None)
         d = _line.direction(updates, dtype)
 
         def measure() -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -206,7 +210,15 @@ def scale_by_curvature(
             return v.astype(dtype), slope, curv
 
         def reuse() -> tuple[jax.Array, jax.Array, jax.Array]:
-            slope = _line.slope(_WHERE, value_fn, params, d, dtype, grad, axis_name)
+            if known_slope is None:
+                slope = _line.slope(_WHERE, value_fn, params, d, dtype, grad, axis_name)
+            else:  # g.u from `stabilize`: the gradient is gone by now
+                gu = _line.across(jnp.asarray(known_slope).astype(dtype), axis_name)
+                slope = _line.slope_over_norm(
+                    gu,
+                    d.norm,
+                    lambda: _line.unit_slope(_WHERE, value_fn, params, d, dtype),
+                )
             return jnp.full([], jnp.nan, dtype), slope, state.curvature
 
         if isinstance(curvature_every, int) and curvature_every == 1:

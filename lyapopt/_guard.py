@@ -25,9 +25,9 @@ _WHERE = "lyapunov_guard"
 # The keyword by which `stabilize` hands its guard V(theta) from the curvature
 # cap's pass (private: no optax transform or user passes it).
 VALUE_BEFORE = "_lyapopt_value_before"
-# ... and g.u for the update it receives, computed right after the inner
-# optimizer's step, so the gradient need not live until the guard.
-SLOPE = "_lyapopt_slope"
+# ... and g.u and the caps' factors (see `_line.SLOPE`).
+SLOPE = _line.SLOPE
+FACTORS = _line.FACTORS
 _INT32_MAX = int(jnp.iinfo(jnp.int32).max)
 
 
@@ -325,11 +325,13 @@ def lyapunov_guard(
         known: tuple[jax.Array, jax.Array] | None,
         known_slope: jax.Array | None,
         loss_dtype: jnp.dtype,
+        factors: tuple[jax.Array, ...] = (),
     ) -> _Judge:
         before = _value_before(value_fn, params, dtype, known, loss_dtype)
         work = before.dtype
-        norm = _line.tree_norm(updates, work)
+        norm = _line.step_norm(updates, factors, work)
         finite_step = jnp.isfinite(norm)
+        step = _line.scaled(updates, factors)
         if no_decrease:
             required = jnp.zeros([], work)
         else:
@@ -339,17 +341,18 @@ def lyapunov_guard(
                 slope = _line.across(jnp.asarray(known_slope).astype(work), axis_name)
             elif grad is not None and not _line.is_complex(params):
                 # g.u itself: an overflow only makes a huge step unacceptable.
-                slope = _line.across(_line.tree_dot(grad, updates, work), axis_name)
+                slope = _line.across(_line.tree_dot(grad, step, work), axis_name)
             else:
-                d = _line.direction(updates, work)
+                d = _line.direction(step, work)
                 slope = _line.slope(_WHERE, value_fn, params, d, work, None, axis_name)
                 slope = slope * d.norm
             required = jnp.asarray(decrease).astype(work) * jnp.minimum(slope, 0)
 
         def value_at(scale: jax.Array) -> jax.Array:
-            return _line.value(
-                _WHERE, value_fn, _line.moved(params, updates, scale), work
-            )
+            # The caps' factors are applied here, with the guard's own: the
+            # capped step is recomputed where it is used, not carried.
+            step = _line.scaled_by(updates, factors, scale)
+            return _line.value(_WHERE, value_fn, _line.moved(params, step), work)
 
         return _Judge(
             before=before,
@@ -388,6 +391,7 @@ def lyapunov_guard(
             extra_args.get(VALUE_BEFORE),
             extra_args.get(SLOPE),
             traced.out_avals[0].dtype,
+            tuple(extra_args.get(FACTORS, ())),
         )
         if axis_name is None:
             _refuse_unsynchronised(traced.jaxpr, judge.before)
@@ -447,7 +451,8 @@ def lyapunov_guard(
         def count(event: jax.Array, n: jax.Array) -> jax.Array:
             return jnp.where(event, optax.safe_increment(n), n)
 
-        return _line.scale_updates(updates, scale), LyapunovGuardState(
+        factors = tuple(extra_args.get(FACTORS, ()))
+        return _line.scaled_by(updates, factors, scale), LyapunovGuardState(
             value_before=jnp.where(
                 jnp.isfinite(judge.before), judge.before, state.value_before
             ).astype(dtype),

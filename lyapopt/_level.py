@@ -97,8 +97,11 @@ def scale_by_level(
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByLevelState]:
         dtype = state.scale.dtype
+        # From `stabilize`: g.u, and the proposal before the caps' factors.
+        known_slope = extra_args.pop(_line.SLOPE, None)
+        factors = tuple(extra_args.pop(_line.FACTORS, ()))
         if value_fn is None:
-            if grad is None or value is None:
+            if (grad is None and known_slope is None) or value is None:
                 missing = "`grad`" if value is not None else "`value`"
                 raise ValueError(
                     f"{_WHERE} needs `value_fn`, or else both `value` and `grad`; "
@@ -120,17 +123,38 @@ def scale_by_level(
                 f"structure; got {jax.tree.structure(grad)} and "
                 f"{jax.tree.structure(updates)}."
             )
-        d = _line.direction(updates, v.dtype)
-        slope = _line.slope(_WHERE, value_fn, params, d, v.dtype, grad, axis_name)
+        step = _line.scaled(updates, factors)
+        if known_slope is None:
+            d = _line.direction(step, v.dtype)
+            norm = d.norm
+            slope = _line.slope(_WHERE, value_fn, params, d, v.dtype, grad, axis_name)
+        else:
+            # g.u over ||u||, without a tree beside the proposal; the
+            # forward-mode pass only where g.u is out of range.
+            norm = _line.step_norm(updates, factors, v.dtype)
+            gu = _line.across(jnp.asarray(known_slope).astype(v.dtype), axis_name)
+            if value_fn is None:  # nothing to measure with: g.u as it is
+                slope = _line.times(gu, *_line.inverse(norm))
+            else:
+
+                def measure() -> jax.Array:
+                    # The direction of the scaled step is the proposal's, or
+                    # none where a factor is 0: no scaled tree.
+                    d = _line.direction(updates, v.dtype)
+                    unit = _line.unit_slope(_WHERE, value_fn, params, d, v.dtype)
+                    moves = jnp.all(jnp.array([f > 0 for f in factors], bool))
+                    return jnp.where(moves, unit, 0)
+
+                slope = _line.slope_over_norm(gu, norm, measure)
         descent = slope < 0
         gap = v - jnp.asarray(level).astype(v.dtype)
         unit_length = gap / jnp.where(descent, -slope, 1)
         s_level = jnp.where(
-            descent, unit_length / jnp.where(d.norm > 0, d.norm, 1), jnp.inf
+            descent, unit_length / jnp.where(norm > 0, norm, 1), jnp.inf
         )
-        finite = jnp.isfinite(v) & jnp.isfinite(slope) & d.finite
+        finite = jnp.isfinite(v) & jnp.isfinite(slope) & jnp.isfinite(norm)
         scale = jnp.where(finite, jnp.clip(s_level, 0, 1), 0).astype(dtype)
-        return _line.scale_updates(updates, scale), ScaleByLevelState(
+        return _line.scale_updates(step, scale), ScaleByLevelState(
             s_level=jnp.where(finite, s_level, state.s_level).astype(dtype),
             scale=scale,
         )

@@ -32,6 +32,15 @@ ValueFn = Callable[..., Any]
 # The extra arguments that optax gives a meaning; every other one is meant
 # for `value_fn` (as in optax.scale_by_backtracking_linesearch).
 OPTAX_EXTRA_ARGS = ("value", "grad", "value_fn")
+# Private keywords by which `stabilize` talks to its stages (no optax
+# transform or user passes them). SLOPE: g.u for the update a stage receives,
+# computed right after the inner optimizer's step, so the gradient need not
+# live until the stages. FACTORS: the factors of the caps before a stage,
+# when the updates it receives are the proposal before those caps; the stage
+# applies them where it uses the step (`scaled_by`), so the capped
+# step is never a second tree beside the proposal.
+SLOPE = "_lyapopt_slope"
+FACTORS = "_lyapopt_factors"
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:
@@ -108,13 +117,30 @@ def times(x: jax.Array, pre: jax.Array, inv: jax.Array) -> jax.Array:
     return (x * pre.astype(x.dtype)) * inv.astype(x.dtype)
 
 
+def power_of_two(m: jax.Array) -> jax.Array:
+    """``2^-e`` with ``m = f 2^e``, ``1/2 <= f < 1``: ``m`` times it is exact and
+    near 1.
+
+    The exponent is clipped to normal numbers: for ``m`` near the largest
+    float ``m 2^-e`` may reach 4, and for a subnormal ``m`` (whose norm is
+    flushed to zero on CPUs anyway) it stays below 1. 1 when ``m`` is 0 or
+    not finite.
+    """
+    info = jnp.finfo(m.dtype)
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(m), m, 0))
+    k = jnp.clip(-e, int(info.minexp), int(info.maxexp) - 1)
+    return jnp.ldexp(jnp.ones([], m.dtype), k)
+
+
 def tree_norm(tree: Any, dtype: Any) -> jax.Array:
     """The global L2 norm, without overflow or underflow.
 
     One pass, ``sqrt(sum |x|^2)``, when that sum is a normal number; only
     when it overflows, underflows or is not finite, a second, scaled pass:
-    ``m * ||x / m||`` with ``m = max |x|``. NaN when a leaf holds a NaN, Inf
-    when it holds an Inf.
+    ``||c x|| / c`` with ``c`` the power of two that brings ``m = max |x|``
+    near 1 (exact scaling, one scalar: XLA:CPU materialises every scalar
+    that a fused reduction multiplies by as a leaf-sized array). NaN when a
+    leaf holds a NaN or an Inf.
     """
     squares = tree_dot(tree, tree, dtype)
     info = jnp.finfo(dtype)
@@ -122,9 +148,15 @@ def tree_norm(tree: Any, dtype: Any) -> jax.Array:
 
     def scaled() -> jax.Array:
         m = tree_max_abs(tree, dtype)
-        pre, inv = inverse(m)
-        unit = jax.tree.map(lambda x: times(x, pre, inv), tree)
-        return m * jnp.sqrt(tree_dot(unit, unit, dtype))
+        c = power_of_two(m)
+
+        def times_c(x: jax.Array) -> jax.Array:
+            work = jnp.promote_types(x.dtype, dtype)
+            return x.astype(work) * c.astype(work)
+
+        unit = jax.tree.map(times_c, tree)
+        norm = jnp.sqrt(tree_dot(unit, unit, dtype)) / c
+        return jnp.where(jnp.isfinite(m), norm, jnp.nan)
 
     return lax.cond(plain, lambda: jnp.sqrt(squares), scaled)
 
@@ -305,6 +337,64 @@ def scale_updates(updates: Any, scale: jax.Array) -> Any:
     )
 
 
+def step_norm(updates: Any, factors: tuple[jax.Array, ...], dtype: Any) -> jax.Array:
+    """``||scaled(updates, factors)||`` as ``||updates||`` times the factors.
+
+    No pass over the scaled step: a fused reduction of it would hold it, or
+    (XLA:CPU) a leaf-sized copy of each factor. 0 where a factor is not
+    positive, as the scaled step is.
+    """
+    norm = tree_norm(updates, dtype)
+    for factor in factors:
+        norm = jnp.where(factor > 0, norm * factor.astype(norm.dtype), 0)
+    return norm
+
+
+def slope_over_norm(
+    gu: jax.Array, norm: jax.Array, measure: Callable[[], jax.Array]
+) -> jax.Array:
+    """``g.u / ||u||`` from a given ``g.u``, or ``measure()`` where that is out of range.
+
+    Where ``g.u`` overflowed (an absurd rate) or underflowed (a converged
+    step), ``measure`` (a forward-mode pass along ``u / ||u||``) gives it
+    instead; a NaN stays NaN, as the dot product with a NaN gradient is.
+    """
+    normal = jnp.abs(gu) >= jnp.finfo(gu.dtype).tiny
+    return lax.cond(
+        jnp.isnan(gu) | (normal & jnp.isfinite(gu)),
+        lambda: times(gu, *inverse(norm.astype(gu.dtype))),
+        measure,
+    )
+
+
+def scaled(updates: Any, factors: tuple[jax.Array, ...]) -> Any:
+    """``updates`` through ``scale_updates`` by each of ``factors`` in turn.
+
+    The caps' factors applied lazily: a caller that recomputes this where it
+    is consumed (a loss evaluation, the final step) never holds the scaled
+    tree beside ``updates``.
+    """
+    for factor in factors:
+        updates = scale_updates(updates, factor)
+    return updates
+
+
+def scaled_by(updates: Any, factors: tuple[jax.Array, ...], scale: jax.Array) -> Any:
+    """``scale_updates(scaled(updates, factors), scale)``, the same numbers, with
+    each factor tied to ``scale``.
+
+    The factors enter as ``where(scale > 0, factor, 0)``: the same where the
+    step is taken, and a product that changes with ``scale``, so XLA has
+    nothing to hoist out of a backtracking loop over ``scale`` (a hoisted
+    capped step would be a second tree beside the proposal). The order of
+    the products is kept, ``scale`` (a power of two) last: the step, the
+    loss judged at it and the parameters stored from it agree to the bit,
+    whether or not XLA contracts ``params + step`` into fused multiply-adds.
+    """
+    tied = tuple(jnp.where(scale > 0, f, jnp.zeros_like(f)) for f in factors)
+    return scale_updates(scaled(updates, tied), scale)
+
+
 def _stored(x: jax.Array) -> jax.Array:
     """``x`` rounded to its own dtype, as it will be stored.
 
@@ -321,8 +411,9 @@ def _stored(x: jax.Array) -> jax.Array:
     return x
 
 
-def moved(params: Any, updates: Any, scale: jax.Array) -> Any:
-    """``params + scale * updates``, rounded as ``optax.apply_updates`` stores it."""
-    return jax.tree.map(
-        _stored, optax.apply_updates(params, scale_updates(updates, scale))
-    )
+def moved(params: Any, updates: Any, scale: jax.Array | None = None) -> Any:
+    """``params + scale * updates`` (``params + updates`` without ``scale``),
+    rounded as ``optax.apply_updates`` stores it."""
+    if scale is not None:
+        updates = scale_updates(updates, scale)
+    return jax.tree.map(_stored, optax.apply_updates(params, updates))

@@ -11,7 +11,7 @@ import optax
 from lyapopt import _line, _options
 from lyapopt._checks import check_choice, check_like_params
 from lyapopt._curvature import scale_by_curvature
-from lyapopt._guard import SLOPE, VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
+from lyapopt._guard import VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
 from lyapopt._level import scale_by_level
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 
@@ -114,11 +114,14 @@ def stabilize(
     4. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
        the loss (``guard`` is its mode; ``None`` turns it off).
 
-    The gradient reaches stages 2-4 as their ``grad`` extra argument, so
-    ``g.u`` is a dot product there, never another pass over the data. That
-    is the incoming ``updates``: place ``stabilize`` first in a chain, or,
-    behind a transform that changes the gradient (``optax.clip_by_global_norm``,
-    ``optax.add_decayed_weights``), pass the raw gradient as ``grad=grads``.
+    ``g.u`` for stages 2-4 is the dot product of ``tx``'s update with the
+    gradient, taken right after ``tx``'s step, so the gradient is not held
+    until the stages and no pass over the data is needed (a forward-mode
+    pass stands in only where that dot product over- or underflows). The
+    gradient is the incoming ``updates``: place ``stabilize`` first in a
+    chain, or, behind a transform that changes the gradient
+    (``optax.clip_by_global_norm``, ``optax.add_decayed_weights``), pass the
+    raw gradient as ``grad=grads``.
 
     The guard must be the last transform to touch the updates. A transform
     chained after ``stabilize`` changes the step that was judged into one
@@ -220,13 +223,20 @@ def stabilize(
             slope = _line.tree_dot(
                 extra_args["grad"], updates, _line.scalar_dtype(params)
             )
+        # The caps scale the proposal by their factors; the step each stage
+        # sees is `_line.scaled(updates, factors)`, left to XLA to compute
+        # where it is consumed, and the guard applies the factors itself:
+        # the capped step is never a second tree beside the proposal.
+        factors: tuple[jax.Array, ...] = ()
         new_states = []
         for stage, stage_state in zip(stages, state[1:], strict=True):
             kwargs = extra_args
-            if slope is not None and isinstance(stage_state, LyapunovGuardState):
+            guard = isinstance(stage_state, LyapunovGuardState)
+            if slope is not None and not isinstance(stage_state, optax.EmptyState):
+                # g.u instead of the gradient: it need not live until here.
                 kwargs = {k: v for k, v in extra_args.items() if k != "grad"}
-                kwargs[SLOPE] = slope
-            if measures_every_step and isinstance(stage_state, LyapunovGuardState):
+                kwargs[_line.SLOPE] = slope
+            if measures_every_step and guard:
                 # V(theta) is the primal of the cap's pass: no second forward
                 # pass where XLA cannot share the user's. (With the curvature
                 # measured every k steps, the guard evaluates V itself: a
@@ -234,10 +244,23 @@ def stabilize(
                 # the sharing on the other k - 1 steps.)
                 cap = new_states[0]
                 kwargs = {**kwargs, VALUE_BEFORE: (cap.value, cap.value_known)}
-            updates, stage_state = stage.update(updates, stage_state, params, **kwargs)
+            if isinstance(stage_state, optax.EmptyState):
+                pass  # a stage that is off (optax.identity)
+            elif guard:
+                kwargs = {**kwargs, _line.FACTORS: factors}
+                updates, stage_state = stage.update(
+                    updates, stage_state, params, **kwargs
+                )
+                factors = ()
+            else:
+                # A cap's output is scale_updates(its step, its scale): it is
+                # applied lazily, as a factor.
+                kwargs = {**kwargs, _line.FACTORS: factors}
+                _, stage_state = stage.update(updates, stage_state, params, **kwargs)
+                factors = (*factors, stage_state.scale)
             if slope is not None and hasattr(stage_state, "scale"):
                 slope = slope * stage_state.scale.astype(slope.dtype)  # a cap's factor
             new_states.append(stage_state)
-        return updates, StabilizeState(inner_state, *new_states)
+        return _line.scaled(updates, factors), StabilizeState(inner_state, *new_states)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
