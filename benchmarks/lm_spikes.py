@@ -359,10 +359,18 @@ def _peer_job(
     lanes = [
         (best["learning_rate"], s, best["multiplier"]) for s in range(1, settings.seeds)
     ]
-    if name == "lyapunov_adam":  # and lyapopt untuned
-        lanes += [(lyapopt_default_rate(), s, None) for s in range(settings.seeds)]
-    more = _lanes(settings, name, lanes)
-    return runs, [best, *more]
+    seeds = [best, *_lanes(settings, name, lanes)]
+    if name != "lyapunov_adam":
+        return runs, seeds
+    # And lyapopt untuned, at its default rate: the runs above where that
+    # rate is one of them (the same rate and seed is the same run).
+    default = lyapopt_default_rate()
+    if math.isclose(default, best["learning_rate"], rel_tol=1e-6):
+        return runs, seeds + [r | {"multiplier": None} for r in seeds]
+    same = [r for r in runs if math.isclose(default, r["learning_rate"], rel_tol=1e-6)]
+    lanes = [(default, s, None) for s in range(len(same), settings.seeds)]
+    untuned = [r | {"multiplier": None} for r in same] + _lanes(settings, name, lanes)
+    return runs, seeds + untuned
 
 
 def run_study(settings: Settings) -> dict[str, Any]:
@@ -687,25 +695,28 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    top = 0.0
+
+    def ok(r: dict[str, Any]) -> bool:
+        return not r["diverged"] and math.isfinite(r["final_bpb"])
+
+    kept = [r["final_bpb"] for n in names for r in study["runs"][n] if ok(r)]
+    top = 1.05 * max(kept, default=1.0)  # diverged runs are drawn here, as x
     for name in names:
-        y = [r["final_bpb"] for r in study["runs"][name]]
-        top = max([top, *[v for v in y if math.isfinite(v)]])
-    for name in names:
-        y = [
-            r["final_bpb"]
-            if math.isfinite(r["final_bpb"]) and not r["diverged"]
-            else top
-            for r in study["runs"][name]
-        ]
+        runs = study["runs"][name]
+        y = [r["final_bpb"] if ok(r) else top for r in runs]
         ax.plot(MULTIPLIERS, y, marker="o", markersize=3, label=name, **style[name])
+        bad = [(m, top) for m, r in zip(MULTIPLIERS, runs, strict=True) if not ok(r)]
+        if bad:
+            ax.scatter(
+                *zip(*bad, strict=True), marker="x", s=40, color=style[name]["color"]
+            )
     base = summary(study)["baseline_bpb"]
     ax.axhline(base, color="black", linewidth=0.6)
     ax.axhline(1.01 * base, color="gray", linewidth=0.6, linestyle=":")
     ax.set_xscale("log")
     ax.set_xticks(MULTIPLIERS, LABELS)
     ax.set_xlabel("learning-rate multiplier")
-    ax.set_ylabel("final validation bits/byte (diverged: top)")
+    ax.set_ylabel("final validation bits/byte (x at the top: diverged)")
     ax.set_title(
         f"{NAME}: quality against rate (lines: tuned baseline, +1%)", fontsize=10
     )
