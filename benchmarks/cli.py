@@ -183,7 +183,7 @@ def run_study(
             "quick": args.quick,
             "machine": machine(),
         }
-        path.write_text(json.dumps(study, indent=1, allow_nan=True))
+        path.write_text(json.dumps(study, allow_nan=True))  # ~100 curves: compact
     plots = lm_spikes.plot(study, out, md.parent)
     lm_spikes.write(md, lm_spikes.markdown(study, study["meta"], plots))
     for g in lm_spikes.goals(study):

@@ -297,8 +297,9 @@ def record(lane: Lane, multiplier: float | None) -> dict[str, Any]:
         "final_bpb": lane.metric[-1],
         "eval_steps": lane.eval_steps,
         "bpb": lane.metric,
-        # The batch losses, every step (the curves of the spike plot).
-        "batch_loss": [float(v) for v in lane.batch_values],
+        # The batch losses, every step (the curves of the spike plot), to
+        # 6 significant digits: the spikes are counted from the exact ones.
+        "batch_loss": [float(f"{v:.6g}") for v in lane.batch_values],
     }
 
 
