@@ -741,3 +741,40 @@ def write(md: Path, text: str) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + text
     md.write_text(new)
+
+
+# --- where the stabilised step's cost goes -----------------------------------
+
+COST_PARTS: dict[str, dict[str, Any]] = {
+    "cap every step, no guard": {"guard": None},
+    "cap every 10, no guard": {"curvature_every": 10, "guard": None},
+    "guard alone": {"safety": None},
+    "cap every 10 and guard": {"curvature_every": 10},
+    "cap every 50 and guard": {"curvature_every": 50},
+}
+
+
+def cost_breakdown(settings: Settings, rounds: int = 6) -> str:
+    """The recipe against ``stabilize(recipe, **options)`` for each of
+    :data:`COST_PARTS`, at 1x the study's best rate (0.01), interleaved; a
+    Markdown table of milliseconds per step and ratios."""
+    problem = Problem(settings.task())
+    extras = (*_LYAPOPT, "grad")
+    entries = {BASELINE: (Runner(problem, peers()[0].optimizer), 0.01)}
+    for name, options in COST_PARTS.items():
+
+        def make(lr: Any, n: int, options: dict[str, Any] = options) -> Any:
+            return lyapopt.stabilize(adamw_recipe(lr, n), **options)
+
+        entries[name] = (Runner(problem, Optimizer(name, make, extras)), 0.01)
+    per_step = time_steps(entries, rounds)
+    base = per_step[BASELINE]["median"]
+    rows = [
+        [f"`{n}`", f"{1e3 * t['median']:.1f}", f"{t['median'] / base:.2f}"]
+        for n, t in per_step.items()
+    ]
+    return "\n".join(report._table(["step", "ms", "x recipe"], rows))
+
+
+if __name__ == "__main__":
+    print(cost_breakdown(Settings()))
