@@ -127,3 +127,10 @@ def test_the_section_rebuilds_from_the_json_and_keeps_the_rest(
     text = md.read_text()
     assert "STALE" not in text and "mine" in text and "after" in text
     assert "## Loss spikes on a language model" in text
+
+
+def test_the_cost_breakdown_times_every_part_against_the_recipe() -> None:
+    table = lm_spikes.cost_breakdown(lm_spikes.QUICK, rounds=1).splitlines()
+    rows = {line.split("|")[1].strip(" `"): line for line in table[2:]}
+    assert set(rows) == {lm_spikes.BASELINE, *lm_spikes.COST_PARTS}
+    assert rows[lm_spikes.BASELINE].rstrip(" |").endswith("1.00")
