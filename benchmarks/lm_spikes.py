@@ -27,7 +27,6 @@ baseline's mean final value plus ``TARGET_SLACK``).
 
 from __future__ import annotations
 
-import inspect
 import math
 import multiprocessing
 import time
@@ -45,7 +44,7 @@ from tqdm.auto import tqdm
 import lyapopt
 from benchmarks import report
 from benchmarks.models import ByteTransformer
-from benchmarks.optimizers import Optimizer
+from benchmarks.optimizers import OPTIMIZERS, Optimizer
 from benchmarks.spike_peers import skip_on_spike, spam, zclip
 from benchmarks.tasks import Task, _stdlib_lm
 from benchmarks.train import Lane, Problem, Runner, time_steps, train
@@ -314,12 +313,15 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 _RUNNERS: dict[tuple[Settings, str], Runner] = {}
 
 
+def _peer(name: str) -> Peer:
+    return next(p for p in peers() if p.name == name)
+
+
 def _runner(settings: Settings, name: str) -> Runner:
     """One runner per peer and settings in a process: each compiles once."""
     key = (settings, name)
     if key not in _RUNNERS:
-        peer = next(p for p in peers() if p.name == name)
-        _RUNNERS[key] = Runner(Problem(settings.task()), peer.optimizer)
+        _RUNNERS[key] = Runner(Problem(settings.task()), _peer(name).optimizer)
     return _RUNNERS[key]
 
 
@@ -351,7 +353,7 @@ def _peer_job(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One peer's share: every multiplier (those not ``given``), then the seeds
     at its best one, all in one process so that the peer compiles once."""
-    peer = next(p for p in peers() if p.name == name)
+    peer = _peer(name)
     have = {r["multiplier"]: r for r in given}
     todo = [(peer.rate(best_lr, m), 0, m) for m in MULTIPLIERS if m not in have]
     done = iter(_lanes(settings, name, todo))
@@ -365,7 +367,7 @@ def _peer_job(
         return runs, seeds
     # And lyapopt untuned, at its default rate: the runs above where that
     # rate is one of them (the same rate and seed is the same run).
-    default = lyapopt_default_rate()
+    default = OPTIMIZERS["lyapunov_adam"].default_lr
     if math.isclose(default, best["learning_rate"], rel_tol=1e-6):
         return runs, seeds + [r | {"multiplier": None} for r in seeds]
     same = [r for r in runs if math.isclose(default, r["learning_rate"], rel_tol=1e-6)]
@@ -450,16 +452,10 @@ def run_study(settings: Settings) -> dict[str, Any]:
         "families": {p.name: p.family for p in study},
         "runs": {p.name: runs[p.name] for p in study},
         "seeds": seeds,
-        "default_lr": lyapopt_default_rate(),
+        "default_lr": OPTIMIZERS["lyapunov_adam"].default_lr,
         "per_step": per_step,
         "wall_seconds": time.perf_counter() - start,
     }
-
-
-def lyapopt_default_rate() -> float:
-    """The rate ``lyapunov_adam()`` gets when none is passed."""
-    sig = inspect.signature(lyapopt.lyapunov_adam)
-    return float(sig.parameters["learning_rate"].default)
 
 
 # --- the report ----------------------------------------------------------------
@@ -735,12 +731,8 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
 def write(md: Path, text: str) -> None:
     """Replaces this study's section of ``md`` (appends it the first time)."""
     old = md.read_text() if md.exists() else "# lyapopt benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    md.write_text(new)
+    new = report.replace_section(old, text, BEGIN, END)
+    md.write_text(new if new is not None else old.rstrip("\n") + "\n\n" + text)
 
 
 # --- where the stabilised step's cost goes -----------------------------------

@@ -355,14 +355,21 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def replace_section(text: str, generated: str, begin: str, end: str) -> str | None:
+    """``text`` with its part from ``begin`` to ``end`` replaced by ``generated``
+    (which carries both markers); ``None`` when ``text`` lacks a marker."""
+    if begin not in text or end not in text:
+        return None
+    head, rest = text.split(begin, 1)
+    return head + generated.rstrip("\n") + rest.split(end, 1)[1]
+
+
 def write_markdown(path: Path, generated: str, title: str) -> None:
     """Replaces the generated part of ``path``, keeping the hand-written rest."""
     if path.exists():
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1]
-            path.write_text(head + generated.rstrip("\n") + tail)
+        text = replace_section(path.read_text(), generated, BEGIN, END)
+        if text is not None:
+            path.write_text(text)
             return
     path.write_text(f"# {title}\n\n{generated}\n## Analysis\n\n(to be written)\n")
 

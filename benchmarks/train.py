@@ -53,6 +53,7 @@ class Problem:
         }
         self.num_train = len(d.x_train)
         self.graphdef, _ = nnx.split(task.make_model(nnx.Rngs(0)), nnx.Param)
+        self.evaluate_jit = jax.jit(self.evaluate)
 
     def init_params(self, seed: int) -> Params:
         return nnx.split(self.task.make_model(nnx.Rngs(seed)), nnx.Param)[1]
@@ -153,14 +154,13 @@ class Runner:
 
         self._init = jax.jit(init)
         self._run = jax.jit(run)
-        pick = opt.eval_params or (lambda state, params: params)
-        self._evaluate = jax.jit(
-            lambda data, params, state: problem.evaluate(data, pick(state, params))
-        )
+        self._pick = jax.jit(opt.eval_params) if opt.eval_params else None
 
     def evaluate(self, params: Params, state: Any) -> Arrays:
         """The problem's evaluation at the parameters the optimizer reports."""
-        return self._evaluate(self.problem.data, params, state)
+        if self._pick is not None:
+            params = self._pick(state, params)
+        return self.problem.evaluate_jit(self.problem.data, params)
 
     def init(self, seed: int, lr: float) -> tuple[Params, Any, jax.Array]:
         params = self.problem.init_params(seed)

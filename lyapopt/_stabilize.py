@@ -244,10 +244,10 @@ def stabilize(
                 # the sharing on the other k - 1 steps.)
                 cap = new_states[0]
                 kwargs = {**kwargs, VALUE_BEFORE: (cap.value, cap.value_known)}
+            kwargs = {**kwargs, _line.FACTORS: factors}
             if isinstance(stage_state, optax.EmptyState):
                 pass  # a stage that is off (optax.identity)
             elif guard:
-                kwargs = {**kwargs, _line.FACTORS: factors}
                 updates, stage_state = stage.update(
                     updates, stage_state, params, **kwargs
                 )
@@ -255,7 +255,6 @@ def stabilize(
             else:
                 # A cap's output is scale_updates(its step, its scale): it is
                 # applied lazily, as a factor.
-                kwargs = {**kwargs, _line.FACTORS: factors}
                 _, stage_state = stage.update(updates, stage_state, params, **kwargs)
                 factors = (*factors, stage_state.scale)
             if slope is not None and hasattr(stage_state, "scale"):
