@@ -44,17 +44,18 @@ def test_every_peer_runs_at_every_multiplier(quick: tuple) -> None:
     names = [p.name for p in lm_spikes.peers()]
     assert list(study["runs"]) == names
     best = study["best_lr"]
+    free = 0
     for peer in lm_spikes.peers():
         runs = study["runs"][peer.name]
-        assert [r["multiplier"] for r in runs] == list(lm_spikes.MULTIPLIERS)
-        for r, m in zip(runs, lm_spikes.MULTIPLIERS, strict=True):
+        multipliers = list(lm_spikes.MULTIPLIERS)
+        if peer.own_rate is not None:  # learning-rate-free: once, at its default
+            multipliers, free = [1.0], free + 1
+            assert runs[0]["learning_rate"] == peer.own_rate
+        assert [r["multiplier"] for r in runs] == multipliers
+        for r, m in zip(runs, multipliers, strict=True):
             assert math.isclose(r["learning_rate"], peer.rate(best, m), rel_tol=1e-9)
             assert len(r["batch_loss"]) == study["settings"]["steps"]
-    # Rates of the learning-rate-free peers are their own defaults, scaled.
-    prodigy = study["runs"]["contrib.prodigy"]
-    assert [r["learning_rate"] for r in prodigy] == pytest.approx(
-        list(lm_spikes.MULTIPLIERS)
-    )
+    assert free == 4  # prodigy, dog, schedule-free AdamW, mechanize
 
 
 def test_the_baseline_is_its_sweeps_best_rate_and_reuses_its_runs(quick: tuple) -> None:
@@ -97,9 +98,15 @@ def test_the_section_and_the_plots_are_written(quick: tuple) -> None:
     study, out = quick
     md = (out / "RESULTS.md").read_text()
     assert md.count(lm_spikes.BEGIN) == 1 and md.count(lm_spikes.END) == 1
-    for name in study["runs"]:
+    for name, runs in study["runs"].items():
         row = next(line for line in md.splitlines() if line.startswith(f"| `{name}` |"))
-        assert row.count("/") >= 4, row  # bits/byte / spikes at each multiplier
+        cells = [c.strip() for c in row.strip("|").split("|")][2:]
+        assert len(cells) == len(lm_spikes.MULTIPLIERS), row
+        # bits/byte / spikes at each multiplier; a rate-free peer's one run
+        # in the first column, and a pointer to it in the others
+        given = cells if len(runs) == 4 else cells[:1]
+        assert all(" / " in c for c in given), row
+        assert all("the 1x run" in c for c in cells[len(given) :]), row
     for png in (f"{lm_spikes.NAME}_curves_10x.png", f"{lm_spikes.NAME}_rates.png"):
         assert (out / png).read_bytes()[:8] == PNG, png
 
