@@ -49,7 +49,7 @@ from benchmarks.models import ByteTransformer
 from benchmarks.optimizers import OPTIMIZERS, Optimizer
 from benchmarks.spike_peers import skip_on_spike, spam, zclip
 from benchmarks.tasks import Task, _stdlib_lm
-from benchmarks.train import Lane, Problem, Runner, time_steps, train
+from benchmarks.train import CHUNK, Lane, Problem, Runner, time_steps, train
 
 NAME = "lm_spikes"
 MULTIPLIERS = (1.0, 10**0.5, 10.0, 10**1.5)
@@ -78,11 +78,12 @@ class Settings:
     eval_windows: int = 128
     seeds: int = 3
     sweep_from: float = 10**-2.5  # the baseline's sweep starts here ...
-    sweep_points: int = 4  # ... and has at least this many rates
+    sweep_points: int = 5  # ... with this many rates, and more if needed
     timing_rounds: int = 5
     workers: int = 2  # processes for the runs (1: all in this one)
 
-    def task(self) -> Task:
+    def task(self, chunk: int | None = None) -> Task:
+        """The task; ``chunk`` steps per jitted call (default: ``eval_every``)."""
         return Task(
             name=NAME,
             title=(
@@ -102,7 +103,7 @@ class Settings:
             steps=self.steps,
             eval_every=self.eval_every,
             batch_size=self.batch,
-            chunk=self.eval_every,
+            chunk=chunk or self.eval_every,
         )
 
 
@@ -112,7 +113,7 @@ QUICK = Settings(
     heads=2,
     context=32,
     steps=60,
-    eval_every=30,
+    eval_every=10,
     eval_windows=16,
     seeds=2,
     sweep_points=2,
@@ -313,18 +314,20 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return min(runs, key=key)
 
 
-_RUNNERS: dict[tuple[Settings, str], Runner] = {}
+_RUNNERS: dict[tuple[Settings, str, int], Runner] = {}
 
 
 def _peer(name: str) -> Peer:
     return next(p for p in peers() if p.name == name)
 
 
-def _runner(settings: Settings, name: str) -> Runner:
-    """One runner per peer and settings in a process: each compiles once."""
-    key = (settings, name)
+def _runner(settings: Settings, name: str, chunk: int | None = None) -> Runner:
+    """One runner per peer, settings and steps per call in a process: each
+    compiles once."""
+    chunk = chunk or settings.eval_every
+    key = (settings, name, chunk)
     if key not in _RUNNERS:
-        _RUNNERS[key] = Runner(Problem(settings.task()), _peer(name).optimizer)
+        _RUNNERS[key] = Runner(Problem(settings.task(chunk)), _peer(name).optimizer)
     return _RUNNERS[key]
 
 
@@ -383,9 +386,8 @@ def run_study(settings: Settings) -> dict[str, Any]:
     """Runs the whole study; returns it as JSON.
 
     The runs go to ``settings.workers`` processes (one peer's runs in one
-    process, so that it compiles once there): on this 2-core machine a small
-    model's step leaves a core idle, and two processes take 1.46x the runs
-    per second of one. The cost per step is timed afterwards, in this
+    process, so that it compiles once there): on this 2-core machine two
+    processes take 1.1-1.5x the runs per second of one. The cost per step is timed afterwards, in this
     process, with nothing else running.
     """
     start = time.perf_counter()
@@ -400,24 +402,28 @@ def run_study(settings: Settings) -> dict[str, Any]:
         else _InProcess()
     )
     with pool:
-        # 1. The baseline's sweep, up the half-decade grid (``workers`` rates
-        # at a time) until its best rate has every multiplier above it.
-        sweep: dict[float, dict[str, Any]] = {}
+        # 1. The baseline's sweep: ``sweep_points`` rates up the half-decade
+        # grid at once, then one more at a time until its best rate has every
+        # multiplier above it. A learning-rate-free peer needs no best rate:
+        # the first one fills the workers while the sweep finishes.
+        free = [p.name for p in study if p.own_rate is not None]
+        jobs: dict[str, Future] = {}
         k = round(2 * math.log10(settings.sweep_from))
+        rates = [10 ** ((k + i) / 2) for i in range(settings.sweep_points)]
+        sweep: dict[float, dict[str, Any]] = {}
         while True:
-            rates = [10 ** ((k + i) / 2) for i in range(workers)]
-            k += workers
-            jobs = [
-                pool.submit(_lanes, settings, base.name, [(lr, 0, None)])
+            pending = [
+                (lr, pool.submit(_lanes, settings, base.name, [(lr, 0, None)]))
                 for lr in rates
             ]
-            for lr, job in zip(rates, jobs, strict=True):
+            if free and free[0] not in jobs:
+                jobs[free[0]] = pool.submit(_peer_job, settings, free[0], math.nan, [])
+            for lr, job in pending:
                 sweep[lr] = job.result()[0]
-            if len(sweep) < settings.sweep_points:
-                continue
             best_lr = _best(list(sweep.values()))["learning_rate"]
             if max(sweep) >= best_lr * MULTIPLIERS[-1] * 0.999:
                 break
+            rates = [max(sweep) * 10**0.5]
         given = [
             r | {"multiplier": m}
             for m in MULTIPLIERS
@@ -425,14 +431,17 @@ def run_study(settings: Settings) -> dict[str, Any]:
             if math.isclose(lr, best_lr * m, rel_tol=1e-6)
         ]
         # 2-4. Every peer at every multiplier, seed 0; the seeds at its best
-        # multiplier; lyapunov_adam() untuned. The dearest peers first.
-        order = sorted(study, key=lambda p: p.family != "lyapopt")
-        jobs = {
-            p.name: pool.submit(
+        # multiplier; lyapunov_adam() untuned. The dearest peers first, the
+        # learning-rate-free ones (three runs each) last, to even the
+        # workers' ends.
+        order = sorted(
+            (p for p in study if p.name not in jobs),
+            key=lambda p: (p.family != "lyapopt", p.own_rate is not None),
+        )
+        for p in order:
+            jobs[p.name] = pool.submit(
                 _peer_job, settings, p.name, best_lr, given if p is base else []
             )
-            for p in order
-        }
         runs, seeds = {}, {}
         for p in tqdm(study, desc=f"{NAME}: peers", unit="peer"):
             runs[p.name], seeds[p.name] = jobs[p.name].result()
@@ -440,8 +449,12 @@ def run_study(settings: Settings) -> dict[str, Any]:
     seeds["lyapunov_adam"] = ours[: settings.seeds]
     seeds[UNTUNED] = ours[settings.seeds :]
 
-    # 5. The cost per step at 1x, interleaved, alone on the machine.
-    entries = {p.name: (_runner(settings, p.name), p.rate(best_lr, 1.0)) for p in study}
+    # 5. The cost per step at 1x, interleaved, alone on the machine, in
+    # calls of CHUNK steps (the runs' calls of ``eval_every`` steps would make
+    # every measurement as long).
+    entries = {
+        p.name: (_runner(settings, p.name, CHUNK), p.rate(best_lr, 1.0)) for p in study
+    }
     with tqdm(
         total=settings.timing_rounds + 1, desc=f"{NAME}: cost", unit="round"
     ) as bar:
@@ -760,7 +773,7 @@ def cost_breakdown(settings: Settings, rounds: int = 6) -> str:
     """The recipe against ``stabilize(recipe, **options)`` for each of
     :data:`COST_PARTS`, at 1x the study's best rate (0.01), interleaved; a
     Markdown table of milliseconds per step and ratios."""
-    problem = Problem(settings.task())
+    problem = Problem(settings.task(chunk=CHUNK))
     extras = (*_LYAPOPT, "grad")
     entries = {BASELINE: (Runner(problem, peers()[0].optimizer), 0.01)}
     for name, options in COST_PARTS.items():
