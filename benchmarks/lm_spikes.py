@@ -48,7 +48,7 @@ from benchmarks import report
 from benchmarks.models import ByteTransformer
 from benchmarks.optimizers import OPTIMIZERS, Optimizer
 from benchmarks.spike_peers import skip_on_spike, spam, zclip
-from benchmarks.tasks import Task, _stdlib_lm
+from benchmarks.tasks import TASKS, Task, _stdlib_lm
 from benchmarks.train import CHUNK, Lane, Problem, Runner, time_steps, train
 
 NAME = "lm_spikes"
@@ -71,6 +71,7 @@ class Settings:
     layers: int = 4
     width: int = 32
     heads: int = 1
+    mlp_ratio: int = 2  # the MLP's width over the model's
     context: int = 128
     batch: int = 16
     steps: int = 1000
@@ -88,13 +89,15 @@ class Settings:
             name=NAME,
             title=(
                 f"byte-level Transformer LM ({self.layers} layers, width "
-                f"{self.width}, context {self.context}), batch {self.batch}"
+                f"{self.width}, {self.heads} head{'s' * (self.heads > 1)}, MLP "
+                f"{self.mlp_ratio}x, context {self.context}), batch {self.batch}"
             ),
             make_model=lambda rngs: ByteTransformer(
                 layers=self.layers,
                 width=self.width,
                 heads=self.heads,
                 context=self.context,
+                mlp_ratio=self.mlp_ratio,
                 rngs=rngs,
             ),
             load=lambda: _stdlib_lm(self.context, self.eval_windows),
@@ -791,5 +794,41 @@ def cost_breakdown(settings: Settings, rounds: int = 6) -> str:
     return "\n".join(report._table(["step", "ms", "x recipe"], rows))
 
 
+# lyapopt's step with the curvature every 50 steps on the suite's four
+# tasks, against optax.adamw and lyapopt's defaults (goal 4 asks for them too).
+SUITE_COST = ("optax.adamw", "lyapunov_adam", "lyapunov_adam/every10")
+
+
+def suite_cost(rounds: int = 5, tasks: tuple[str, ...] = tuple(TASKS)) -> str:
+    """``lyapunov_adam(curvature_every=50)`` on each task of the suite, timed
+    interleaved with :data:`SUITE_COST` at their default rates; a Markdown
+    table of the ratios to ``optax.adamw``."""
+    every50 = Optimizer(
+        "lyapunov_adam/every50",
+        lambda lr, n: lyapopt.lyapunov_adam(lr, curvature_every=50),
+        _LYAPOPT,
+        default_lr=OPTIMIZERS["lyapunov_adam"].default_lr,
+    )
+    opts = [*(OPTIMIZERS[n] for n in SUITE_COST), every50]
+    rows = []
+    for task in (TASKS[t] for t in tasks):
+        problem = Problem(task)
+        entries = {o.name: (Runner(problem, o), o.default_lr or 1e-3) for o in opts}
+        per_step = time_steps(entries, rounds)
+        base = per_step[SUITE_COST[0]]["median"]
+        rows.append(
+            [task.name, f"{1e3 * base:.2f}"]
+            + [f"{per_step[o.name]['median'] / base:.2f}" for o in opts[1:]]
+        )
+    return "\n".join(
+        report._table(
+            ["task", "optax.adamw ms", *(f"`{o.name}` x adamw" for o in opts[1:])],
+            rows,
+        )
+    )
+
+
 if __name__ == "__main__":
     print(cost_breakdown(Settings()))
+    print()
+    print(suite_cost())

@@ -2,6 +2,7 @@
 
     python -m benchmarks.memory            # the table in RESULTS.md
     python -m benchmarks.memory --sizes 1e6
+    python -m benchmarks.memory --phases   # where the stabilised step's extra goes
 
 Nothing is allocated: the parameters are ``jax.ShapeDtypeStruct``s, the
 optimizer state comes from ``jax.eval_shape(tx.init, ...)``, and the step
@@ -73,14 +74,26 @@ def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def compiled_step(tx: optax.GradientTransformation, params: Any) -> Any:
-    """The donated, jitted training step, compiled for ``params``' shapes."""
+Update = Callable[..., tuple[Any, Any]]  # (grads, state, params, value, value_fn)
+
+
+def compiled_step(
+    tx: optax.GradientTransformation, params: Any, update: Update | None = None
+) -> Any:
+    """The donated, jitted training step, compiled for ``params``' shapes.
+
+    ``update`` replaces ``tx.update`` (called as ``update(grads, state,
+    params, value, value_fn)``) to measure a piece of a step.
+    """
+
+    def default(g: Any, s: Any, p: Any, value: Any, value_fn: Any) -> tuple:
+        return tx.update(g, s, p, value=value, value_fn=value_fn)
+
+    update = update or default
 
     def step(p: Any, s: Any, x: jax.Array, y: jax.Array) -> tuple:
         value, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, s = tx.update(
-            grads, s, p, value=value, value_fn=lambda q: loss_fn(q, x, y)
-        )
+        updates, s = update(grads, s, p, value, lambda q: loss_fn(q, x, y))
         return optax.apply_updates(p, updates), s, value
 
     state = jax.eval_shape(tx.init, params)
@@ -134,12 +147,60 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _with_slope(tx: optax.GradientTransformation) -> Update:
+    """``tx``'s step scaled by ``g.u``: the gradient and the update must both
+    be whole for that dot product."""
+
+    def update(g: Any, s: Any, p: Any, value: Any, value_fn: Any) -> tuple:
+        u, s = tx.update(g, s, p)
+        slope = optax.tree.vdot(g, u)
+        return jax.tree.map(lambda leaf: leaf * slope, u), s
+
+    return update
+
+
+def phases(size: float = 1e6) -> str:
+    """Where a stabilised Adam step's extra buffers come from: its pieces
+    added one at a time, each compiled as a donated step (temporaries and
+    peak in parameter-sized buffers; extra = peak over ``optax.adam``'s)."""
+    params = mlp_shapes(width_for(size))
+    param_bytes = 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    adam = optax.adam(1e-3)
+    finite = optax.apply_if_finite(adam, max_consecutive_errors=2**31 - 1)
+    pieces: dict[str, tuple[optax.GradientTransformation, Update | None]] = {
+        "optax.adam": (adam, None),
+        "optax.adam, then g.u": (adam, _with_slope(adam)),
+        "optax.apply_if_finite(optax.adam)": (finite, None),
+        "apply_if_finite(adam), then g.u": (finite, _with_slope(finite)),
+        "stabilize(adam): guard alone": (lyapopt.stabilize(adam, safety=None), None),
+        "stabilize(adam): cap alone": (lyapopt.stabilize(adam, guard=None), None),
+        "stabilize(adam)": (lyapopt.stabilize(adam), None),
+    }
+    lines = [
+        "| step | temporaries | peak | extra vs optax.adam |",
+        "|---|---:|---:|---:|",
+    ]
+    base = None
+    for name, (tx, update) in pieces.items():
+        compiled = compiled_step(tx, params, update)
+        temp = compiled.memory_analysis().temp_size_in_bytes / param_bytes
+        peak = peak_bytes(compiled) / param_bytes
+        base = peak if base is None else base
+        lines.append(f"| {name} | {temp:.2f} | {peak:.2f} | {peak - base:+.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7, 1e8])
+    parser.add_argument(
+        "--phases", action="store_true", help="the pieces of a stabilised step, 1M"
+    )
     args = parser.parse_args(argv)
-    rows = [row for size in args.sizes for row in measure(size)]
-    out = table(rows)
+    if args.phases:
+        out = phases()
+    else:
+        out = table([row for size in args.sizes for row in measure(size)])
     print(out)
     return out
 

@@ -47,14 +47,16 @@ class CNN(nnx.Module):
 class Block(nnx.Module):
     """A pre-norm Transformer block: causal self-attention, then a GELU MLP."""
 
-    def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, width: int, heads: int, *, mlp_ratio: int = 4, rngs: nnx.Rngs
+    ) -> None:
         self.heads = heads
         self.norm1 = nnx.LayerNorm(width, rngs=rngs)
         self.qkv = nnx.Linear(width, 3 * width, rngs=rngs)
         self.out = nnx.Linear(width, width, rngs=rngs)
         self.norm2 = nnx.LayerNorm(width, rngs=rngs)
-        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
-        self.down = nnx.Linear(4 * width, width, rngs=rngs)
+        self.up = nnx.Linear(width, mlp_ratio * width, rngs=rngs)
+        self.down = nnx.Linear(mlp_ratio * width, width, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
@@ -75,13 +77,16 @@ class ByteTransformer(nnx.Module):
         width: int = 128,
         heads: int = 4,
         context: int = 64,
+        mlp_ratio: int = 4,
         rngs: nnx.Rngs,
     ) -> None:
         self.embed = nnx.Embed(256, width, rngs=rngs)
         self.position = nnx.Param(
             0.02 * jax.random.normal(rngs.params(), (context, width))
         )
-        self.blocks = nnx.List([Block(width, heads, rngs=rngs) for _ in range(layers)])
+        self.blocks = nnx.List(
+            [Block(width, heads, mlp_ratio=mlp_ratio, rngs=rngs) for _ in range(layers)]
+        )
         self.norm = nnx.LayerNorm(width, rngs=rngs)
         self.head = nnx.Linear(width, 256, rngs=rngs)
 

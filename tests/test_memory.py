@@ -88,3 +88,17 @@ def test_optax_peers_need_no_extra_buffer(peaks: dict[str, int]) -> None:
     # The reference points: the peers' own steps, counted the same way.
     assert peaks["optax.adam"] < 5 * PARAM_BYTES
     assert peaks["optax.sgd"] < 3 * PARAM_BYTES
+
+
+def test_the_phases_table_adds_the_stabilised_steps_pieces_one_at_a_time() -> None:
+    rows = memory.phases().splitlines()[2:]
+    extra = {
+        r.split("|")[1].strip(): float(r.split("|")[4].strip().replace("+", ""))
+        for r in rows
+    }
+    assert len(extra) == 7 and extra["optax.adam"] == 0.0
+    # apply_if_finite's cond returns the update while the gradient, its
+    # operand, is alive: a whole update more than optax.adam at least.
+    assert extra["optax.apply_if_finite(optax.adam)"] >= 1.0
+    # stabilize holds that cond and more.
+    assert extra["stabilize(adam)"] >= extra["optax.apply_if_finite(optax.adam)"]
