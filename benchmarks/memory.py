@@ -159,6 +159,21 @@ def _with_slope(tx: optax.GradientTransformation) -> Update:
     return update
 
 
+def _where_finite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optax.apply_if_finite`` without its ``lax.cond``: ``tx``'s step is
+    taken, then dropped by ``jnp.where`` where the gradient is not finite."""
+
+    def update(g: Any, s: Any, p: Any = None) -> tuple:
+        finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(g)])
+        )
+        u, new = tx.update(g, s, p)
+        u = jax.tree.map(lambda leaf: jnp.where(finite, leaf, 0), u)
+        return u, jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, s)
+
+    return optax.GradientTransformation(tx.init, update)
+
+
 def phases(size: float = 1e6) -> str:
     """Where a stabilised Adam step's extra buffers come from: its pieces
     added one at a time, each compiled as a donated step (temporaries and
@@ -172,6 +187,7 @@ def phases(size: float = 1e6) -> str:
         "optax.adam, then g.u": (adam, _with_slope(adam)),
         "optax.apply_if_finite(optax.adam)": (finite, None),
         "apply_if_finite(adam), then g.u": (finite, _with_slope(finite)),
+        "adam dropped by jnp.where, not lax.cond": (_where_finite(adam), None),
         "stabilize(adam): guard alone": (lyapopt.stabilize(adam, safety=None), None),
         "stabilize(adam): cap alone": (lyapopt.stabilize(adam, guard=None), None),
         "stabilize(adam)": (lyapopt.stabilize(adam), None),
