@@ -163,7 +163,7 @@ def _where_finite(tx: optax.GradientTransformation) -> optax.GradientTransformat
     """``optax.apply_if_finite`` without its ``lax.cond``: ``tx``'s step is
     taken, then dropped by ``jnp.where`` where the gradient is not finite."""
 
-    def update(g: Any, s: Any, p: Any = None) -> tuple:
+    def update(g: Any, s: Any, p: Any = None, **extra_args: Any) -> tuple:
         finite = jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(g)])
         )
@@ -171,7 +171,7 @@ def _where_finite(tx: optax.GradientTransformation) -> optax.GradientTransformat
         u = jax.tree.map(lambda leaf: jnp.where(finite, leaf, 0), u)
         return u, jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, s)
 
-    return optax.GradientTransformation(tx.init, update)
+    return optax.GradientTransformationExtraArgs(tx.init, update)
 
 
 def phases(size: float = 1e6) -> str:
