@@ -390,8 +390,8 @@ def run_study(settings: Settings) -> dict[str, Any]:
 
     The runs go to ``settings.workers`` processes (one peer's runs in one
     process, so that it compiles once there): on this 2-core machine two
-    processes take 1.1-1.5x the runs per second of one. The cost per step is timed afterwards, in this
-    process, with nothing else running.
+    processes take 1.1-1.5x the runs per second of one. The cost per step
+    is timed afterwards, in this process, with nothing else running.
     """
     start = time.perf_counter()
     task = settings.task()
