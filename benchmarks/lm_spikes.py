@@ -682,6 +682,12 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
     return "\n".join(lines) + "\n"
 
 
+def _columns(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per multiplier: a learning-rate-free peer's one run stands in
+    every column."""
+    return runs * len(MULTIPLIERS) if len(runs) == 1 else runs
+
+
 def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     """The two figures: batch loss at 10x, and bits/byte against the multiplier."""
     plt = report._pyplot()
@@ -700,8 +706,8 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     at10 = LABELS.index("10x")
     finite = []
     for name in names:
-        runs = study["runs"][name]  # a rate-free peer's one run stands in
-        loss = np.asarray(runs[min(at10, len(runs) - 1)]["batch_loss"], np.float64)
+        run = _columns(study["runs"][name])[at10]
+        loss = np.asarray(run["batch_loss"], np.float64)
         finite += list(loss[np.isfinite(loss)])
         ax.plot(np.arange(len(loss)), loss, label=name, **style[name])
     if finite:
@@ -723,9 +729,7 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     kept = [r["final_bpb"] for n in names for r in study["runs"][n] if ok(r)]
     top = 1.05 * max(kept, default=1.0)  # diverged runs are drawn here, as x
     for name in names:
-        runs = study["runs"][name]
-        if len(runs) == 1:  # rate-free: its one run, level across the axis
-            runs = runs * len(MULTIPLIERS)
+        runs = _columns(study["runs"][name])  # rate-free: level across the axis
         y = [r["final_bpb"] if ok(r) else top for r in runs]
         ax.plot(MULTIPLIERS, y, marker="o", markersize=3, label=name, **style[name])
         bad = [(m, top) for m, r in zip(MULTIPLIERS, runs, strict=True) if not ok(r)]
