@@ -39,6 +39,11 @@ class ScaleByCurvatureState(NamedTuple):
     # evaluating value_fn(params) again.
     value: jax.Array
     value_known: jax.Array  # bool
+    # g.u along the step this cap returned (its scale applied; 0 when it
+    # returned none): `stabilize`'s guard takes it, where the cap measured,
+    # instead of a dot product with the gradient, so the gradient need not
+    # live beside the update.
+    slope: jax.Array
 
 
 def cap_scale(
@@ -182,6 +187,7 @@ def scale_by_curvature(
             detached=_line.scalar(0, jnp.int32),
             value=_line.scalar(0, dtype),
             value_known=_line.scalar(False, jnp.bool_),
+            slope=_line.scalar(0, dtype),
         )
 
     def update_fn(
@@ -201,9 +207,14 @@ def scale_by_curvature(
         dtype = state.scale.dtype
         # From `stabilize`: the caps' factors before this one (none: it is
         # the first), and g.u.
-        updates = _line.scaled(updates, tuple(extra_args.pop(_line.FACTORS, ())))
+        factors = tuple(extra_args.pop(_line.FACTORS, ()))
         known_slope = extra_args.pop(_line.SLOPE, None)
-        d = _line.direction(updates, dtype)
+        if extra_args.pop(_line.PRESCALED, False):
+            d = _line.prescaled(updates, factors, dtype)
+        else:
+            updates = _line.scaled(updates, factors)
+            factors = ()
+            d = _line.direction(updates, dtype)
 
         def measure() -> tuple[jax.Array, jax.Array, jax.Array]:
             v, slope, curv = _line.unit_derivatives(_WHERE, value_fn, params, d, dtype)
@@ -240,7 +251,7 @@ def scale_by_curvature(
             "NNX `lyapopt.flax.nnx_value_fn(model, loss_fn, ...)`.",
             debug=True,
         )
-        return _line.scale_updates(updates, scale), ScaleByCurvatureState(
+        return _line.scaled_by(updates, factors, scale), ScaleByCurvatureState(
             count=optax.safe_increment(state.count),
             s_star=jnp.where(finite, s_star, state.s_star),
             scale=scale,
@@ -253,6 +264,9 @@ def scale_by_curvature(
             ),
             value=jnp.where(jnp.isfinite(v), v, 0).astype(dtype),
             value_known=measured & jnp.isfinite(v),
+            # (g.u / ||u||) * ||scale u||: no overflow where the capped step's
+            # norm is finite.
+            slope=jnp.where(scale > 0, slope * (d.norm * scale), 0).astype(dtype),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

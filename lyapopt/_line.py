@@ -38,9 +38,11 @@ OPTAX_EXTRA_ARGS = ("value", "grad", "value_fn")
 # live until the stages. FACTORS: the factors of the caps before a stage,
 # when the updates it receives are the proposal before those caps; the stage
 # applies them where it uses the step (`scaled_by`), so the capped
-# step is never a second tree beside the proposal.
+# step is never a second tree beside the proposal. PRESCALED: the proposal's
+# largest entry is near 1 (see `prescaled`).
 SLOPE = "_lyapopt_slope"
 FACTORS = "_lyapopt_factors"
+PRESCALED = "_lyapopt_prescaled"
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:
@@ -241,8 +243,11 @@ class Direction(NamedTuple):
     """A proposed update as its norm and its unit direction."""
 
     norm: jax.Array  # ||u||, NaN or Inf when u holds a NaN or an Inf
-    unit: Any  # u / ||u|| in at least float32; zero when ||u|| is 0 or not finite
+    # u / ||u|| in at least float32, zero when ||u|| is 0 or not finite; or
+    # (`prescaled`) a multiple of u of norm `length`, near 1
+    unit: Any
     finite: jax.Array  # whether ||u|| is finite
+    length: Any = 1.0  # ||unit||
 
 
 def direction(updates: Any, dtype: Any) -> Direction:
@@ -256,6 +261,30 @@ def direction(updates: Any, dtype: Any) -> Direction:
     return Direction(norm, unit, finite)
 
 
+def prescaled(updates: Any, factors: tuple[jax.Array, ...], dtype: Any) -> Direction:
+    """The direction of ``scaled(updates, factors)``, with ``updates`` as its tangent.
+
+    For ``updates`` whose largest entry lies in ``[1/2, 1)`` (``stabilize``
+    scales its proposal by a power of two, and hands the inverse on as the
+    first factor): derivatives along them overflow nothing, and no tree
+    ``u / ||u||`` is made beside them. Zero derivatives where the step is
+    zero (a factor of 0: a gradient that was not finite).
+    """
+    length = tree_norm(updates, dtype)
+    norm = step_norm(updates, factors, dtype)
+    zero = norm == 0
+    return Direction(
+        norm, _promoted(updates), jnp.isfinite(norm), jnp.where(zero, jnp.inf, length)
+    )
+
+
+def _per_length(x: jax.Array, d: Direction) -> jax.Array:
+    """``x`` (a derivative along ``d.unit``) per unit of its length; 0 for a zero step."""
+    if isinstance(d.length, float):
+        return x
+    return jnp.where(jnp.isinf(d.length), 0, x / d.length.astype(x.dtype))
+
+
 def unit_slope(
     where: str, value_fn: ValueFn, params: Any, d: Direction, dtype: Any
 ) -> jax.Array:
@@ -263,12 +292,12 @@ def unit_slope(
     _, slope = jax.jvp(
         lambda p: value(where, value_fn, p, dtype), (_promoted(params),), (d.unit,)
     )
-    return slope
+    return _per_length(slope, d)
 
 
 def unit_grad_slope(grad: Any, d: Direction, dtype: Any) -> jax.Array:
     """``g.u / ||u||`` as a dot product with a given gradient: no pass over data."""
-    return tree_dot(grad, d.unit, dtype)
+    return _per_length(tree_dot(grad, d.unit, dtype), d)
 
 
 def slope(
@@ -317,6 +346,7 @@ def unit_derivatives(
         return jax.jvp(lambda q: value(where, value_fn, q, dtype), (p,), (d.unit,))
 
     (v, gu), (_, uhu) = jax.jvp(v_and_slope, (_promoted(params),), (d.unit,))
+    gu, uhu = _per_length(gu, d), _per_length(_per_length(uhu, d), d)
     promoted = any(
         jnp.promote_types(x.dtype, jnp.float32) != x.dtype
         for x in jax.tree.leaves(params)

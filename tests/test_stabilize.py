@@ -70,7 +70,9 @@ def test_the_raw_gradient_reaches_the_cap_as_grad() -> None:
         for _ in range(4):
             x, s, _ = step(x, s)
         finals.append(x)
-    np.testing.assert_allclose(finals[0], finals[1], rtol=1e-6)
+    # Both reach the minimum 0 (from 1) to rounding: at every step the
+    # slope comes from the cap's pass, every other step from `grad`.
+    np.testing.assert_allclose(finals[0], finals[1], rtol=1e-6, atol=1e-20)
 
 
 def test_level_cap_is_part_of_the_pipeline() -> None:
