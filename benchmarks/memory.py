@@ -188,6 +188,10 @@ def phases(size: float = 1e6) -> str:
         "optax.apply_if_finite(optax.adam)": (finite, None),
         "apply_if_finite(adam), then g.u": (finite, _with_slope(finite)),
         "adam dropped by jnp.where, not lax.cond": (_where_finite(adam), None),
+        "stabilize(adam): no cap, no guard": (
+            lyapopt.stabilize(adam, safety=None, guard=None),
+            None,
+        ),
         "stabilize(adam): guard alone": (lyapopt.stabilize(adam, safety=None), None),
         "stabilize(adam): cap alone": (lyapopt.stabilize(adam, guard=None), None),
         "stabilize(adam)": (lyapopt.stabilize(adam), None),

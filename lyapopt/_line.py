@@ -39,7 +39,7 @@ OPTAX_EXTRA_ARGS = ("value", "grad", "value_fn")
 # when the updates it receives are the proposal before those caps; the stage
 # applies them where it uses the step (`scaled_by`), so the capped
 # step is never a second tree beside the proposal. PRESCALED: the proposal's
-# largest entry is near 1 (see `prescaled`).
+# largest entry is within [2^-24, 2^24] (see `prescaled`).
 SLOPE = "_lyapopt_slope"
 FACTORS = "_lyapopt_factors"
 PRESCALED = "_lyapopt_prescaled"
@@ -264,11 +264,12 @@ def direction(updates: Any, dtype: Any) -> Direction:
 def prescaled(updates: Any, factors: tuple[jax.Array, ...], dtype: Any) -> Direction:
     """The direction of ``scaled(updates, factors)``, with ``updates`` as its tangent.
 
-    For ``updates`` whose largest entry lies in ``[1/2, 1)`` (``stabilize``
-    scales its proposal by a power of two, and hands the inverse on as the
-    first factor): derivatives along them overflow nothing, and no tree
-    ``u / ||u||`` is made beside them. Zero derivatives where the step is
-    zero (a factor of 0: a gradient that was not finite).
+    For ``updates`` whose largest entry lies in ``[2^-24, 2^24]``
+    (``stabilize`` scales a proposal outside that range by a power of two,
+    and hands the inverse on as the first factor): derivatives along them
+    overflow nothing, and no tree ``u / ||u||`` is made beside them. Zero
+    derivatives where the step is zero (a factor of 0: a gradient that was
+    not finite).
     """
     length = tree_norm(updates, dtype)
     norm = step_norm(updates, factors, dtype)

@@ -16,10 +16,6 @@ from lyapopt._guard import VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
 from lyapopt._level import scale_by_level
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 
-# optax.apply_if_finite gives up after this many non-finite steps in a row;
-# a stabilised optimizer never lets a NaN through, so it never gives up.
-_NEVER = int(jnp.iinfo(jnp.int32).max)
-
 
 class StabilizeState(NamedTuple):
     """State of :func:`stabilize`: the wrapped optimizer's, then each stage's."""
@@ -80,16 +76,18 @@ def _propose(
     ``lax.while_loop`` that runs once or not at all, and XLA writes the
     update over the gradient and the state over itself, as ``tx`` alone
     would (``python -m benchmarks.memory --phases``: +0.37 parameter-sized
-    buffers over ``optax.adam`` against +1.25). The update leaves the loop
-    scaled by a power of two, exactly, so that derivatives along it
-    overflow nothing; its inverse is the proposal's ``factor``, a product
-    that XLA computes where the step is used. With ``slope_dtype``, g.u
-    with ``extra_args["grad"]`` (else the gradient) is taken in the loop,
-    while the gradient is at hand.
+    buffers over ``optax.adam`` against +1.25). An update whose largest
+    entry is outside ``[2^-24, 2^24]`` (an absurd rate, a converged step)
+    is then scaled, in place and exactly, by the power of two that brings
+    that entry into ``[1/2, 1)``, so that derivatives along it overflow
+    nothing; the inverse is the proposal's ``factor``, a product that XLA
+    computes where the step is used. With ``slope_dtype``, g.u with
+    ``extra_args["grad"]`` (else the gradient) is taken in the loop, while
+    the gradient is at hand.
     """
-    finite = jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(grads)])
-    )
+    finite = jnp.asarray(True)
+    for x in jax.tree.leaves(grads):
+        finite = finite & jnp.all(jnp.isfinite(x))
     dtype = _line.scalar_dtype(grads)
 
     def step(carry: tuple) -> tuple:
@@ -203,8 +201,9 @@ def stabilize(
     to take and whether to take it:
 
     1. a gradient with a NaN or an Inf is dropped before it reaches ``tx``
-       (:func:`optax.apply_if_finite`, never giving up), so it corrupts
-       neither the parameters nor the state of ``tx``;
+       (the rule and the state of :func:`optax.apply_if_finite`, never
+       giving up, without its copy of the update), so it corrupts neither
+       the parameters nor the state of ``tx``;
     2. :func:`lyapopt.scale_by_curvature` caps the step at ``safety`` times
        the minimum of the local quadratic model (measured every
        ``curvature_every`` steps);
@@ -213,14 +212,16 @@ def stabilize(
     4. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
        the loss (``guard`` is its mode; ``None`` turns it off).
 
-    ``g.u`` for stages 2-4 is the dot product of ``tx``'s update with the
-    gradient, taken right after ``tx``'s step, so the gradient is not held
-    until the stages and no pass over the data is needed (a forward-mode
-    pass stands in only where that dot product over- or underflows). The
-    gradient is the incoming ``updates``: place ``stabilize`` first in a
-    chain, or, behind a transform that changes the gradient
-    (``optax.clip_by_global_norm``, ``optax.add_decayed_weights``), pass the
-    raw gradient as ``grad=grads``.
+    ``g.u`` for stages 2-4 comes from the cap's forward-over-forward pass
+    where it measures the curvature at every step (the default). Otherwise
+    it is the dot product of ``tx``'s update with the gradient, taken right
+    after ``tx``'s step, so the gradient is not held until the stages and
+    no pass over the data is needed (a forward-mode pass stands in only
+    where that dot product over- or underflows). That gradient is the
+    incoming ``updates``: place ``stabilize`` first in a chain, or, behind a
+    transform that changes the gradient (``optax.clip_by_global_norm``,
+    ``optax.add_decayed_weights``), pass the raw gradient as
+    ``grad=grads``.
 
     The guard must be the last transform to touch the updates. A transform
     chained after ``stabilize`` changes the step that was judged into one

@@ -96,9 +96,11 @@ def test_the_phases_table_adds_the_stabilised_steps_pieces_one_at_a_time() -> No
         r.split("|")[1].strip(): float(r.split("|")[4].strip().replace("+", ""))
         for r in rows
     }
-    assert len(extra) == 8 and extra["optax.adam"] == 0.0
+    assert len(extra) == 9 and extra["optax.adam"] == 0.0
     # apply_if_finite's cond returns the update while the gradient, its
     # operand, is alive: a whole update more than optax.adam at least.
     assert extra["optax.apply_if_finite(optax.adam)"] >= 1.0
-    # stabilize holds that cond and more.
-    assert extra["stabilize(adam)"] >= extra["optax.apply_if_finite(optax.adam)"]
+    # stabilize drops a non-finite gradient by the same rule, with the step
+    # in a while_loop run once: the update takes the gradient's buffer.
+    proposal = extra["stabilize(adam): no cap, no guard"]
+    assert proposal <= extra["optax.apply_if_finite(optax.adam)"] - 0.5
