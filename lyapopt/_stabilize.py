@@ -34,7 +34,7 @@ def _keep_dtypes(
     Under ``optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)``
     with bfloat16 parameters, float32 hyperparameters promote Adam's
     bfloat16 moments to float32; the state would change type from one step
-    to the next (and ``apply_if_finite``'s branches would disagree).
+    to the next (and the while_loop that runs it would refuse its carry).
     """
     tx = optax.with_extra_args_support(tx)
 
