@@ -51,7 +51,9 @@ class _Judge(NamedTuple):
     before: jax.Array  # V(theta), in the loss's dtype (at least the state's)
     judged: jax.Array  # V(theta) and the update are finite: the step can be judged
     required: jax.Array  # sigma * g.u: the decrease asked per unit of scale (<= 0)
-    value_at: Callable[[jax.Array], jax.Array]  # scale -> V(theta + scale u)
+    value_of: Callable[[Any], jax.Array]  # parameters -> V(parameters)
+    params: Any  # theta
+    trial: Any  # theta + u, rounded as stored
     bound: jax.Array  # V(theta) + tolerance
     moves: jax.Array  # the update is not zero
 
@@ -72,23 +74,30 @@ class _Judge(NamedTuple):
 
 def _backtrack(
     judge: _Judge, after: jax.Array, max_backtracks: Any
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Halves the step until it holds: ``(scale, after, backtracks)``; scale 0 if never."""
+) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
+    """Halves the step until it holds: ``(scale, after, backtracks, trial)``;
+    scale 0 if never.
+
+    The trial parameters are carried, and each halving is computed from
+    them and ``theta`` (:func:`lyapopt._line.halfway`): XLA writes them over
+    themselves, and the proposed update is not kept beside them.
+    """
     one = jnp.ones([], after.dtype)
 
-    def shrinking(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-        k, s, v = carry
+    def shrinking(carry: tuple) -> jax.Array:
+        k, s, v, _ = carry
         return judge.judged & (k < max_backtracks) & ~judge.holds(v, s)
 
-    def halve(carry: tuple[jax.Array, jax.Array, jax.Array]):
-        k, s, _ = carry
-        return k + 1, s / 2, judge.value_at(s / 2)
+    def halve(carry: tuple) -> tuple:
+        k, s, _, trial = carry
+        trial = _line.halfway(judge.params, trial)
+        return k + 1, s / 2, judge.value_of(trial), trial
 
-    backtracks, scale, after = lax.while_loop(
-        shrinking, halve, (jnp.zeros([], jnp.int32), one, after)
+    backtracks, scale, after, trial = lax.while_loop(
+        shrinking, halve, (jnp.zeros([], jnp.int32), one, after, judge.trial)
     )
     scale = jnp.where(judge.holds(after, scale), scale, 0)
-    return scale, after, backtracks
+    return scale, after, backtracks, trial
 
 
 def _value_before(
@@ -348,17 +357,16 @@ def lyapunov_guard(
                 slope = slope * d.norm
             required = jnp.asarray(decrease).astype(work) * jnp.minimum(slope, 0)
 
-        def value_at(scale: jax.Array) -> jax.Array:
-            # The caps' factors are applied here, with the guard's own: the
-            # capped step is recomputed where it is used, not carried.
-            step = _line.scaled_by(updates, factors, scale)
-            return _line.value(_WHERE, value_fn, _line.moved(params, step), work)
-
         return _Judge(
             before=before,
             judged=jnp.isfinite(before) & finite_step,
             required=required,
-            value_at=value_at,
+            value_of=lambda p: _line.value(_WHERE, value_fn, p, work),
+            params=params,
+            # The caps' factors are applied here: the capped step is never
+            # a tree of its own, and the trial parameters take the
+            # proposal's place.
+            trial=_line.moved(params, _line.scaled(updates, factors)),
             bound=before + jnp.asarray(tolerance).astype(work),
             moves=norm > 0,
         )
@@ -396,7 +404,8 @@ def lyapunov_guard(
         if axis_name is None:
             _refuse_unsynchronised(traced.jaxpr, judge.before)
         one = jnp.ones([], judge.before.dtype)
-        after = jnp.where(judge.moves, judge.value_at(one), judge.before)
+        after = jnp.where(judge.moves, judge.value_of(judge.trial), judge.before)
+        trial = judge.trial
         holds = judge.holds(after, one)
         # The gradient promised a decrease that float resolution can show,
         # and the loss did not move at all: value_fn does not see the step.
@@ -442,7 +451,7 @@ def lyapunov_guard(
         elif guard == "skip":
             scale = jnp.where(holds, one, 0)
         elif guard == "backtrack":
-            scale, after, backtracks = _backtrack(judge, after, max_backtracks)
+            scale, after, backtracks, trial = _backtrack(judge, after, max_backtracks)
         if guard in ("skip", "backtrack"):
             after = jnp.where(scale > 0, after, judge.before)
         else:  # record, check: the step is taken unless it cannot be judged
@@ -451,8 +460,11 @@ def lyapunov_guard(
         def count(event: jax.Array, n: jax.Array) -> jax.Array:
             return jnp.where(event, optax.safe_increment(n), n)
 
-        factors = tuple(extra_args.get(FACTORS, ()))
-        return _line.scaled_by(updates, factors, scale), LyapunovGuardState(
+        # The step to the parameters judged, exactly (not the proposal
+        # times the scale, which XLA would keep beside them).
+        step = _line.difference(trial, params, updates)
+        taken = jnp.where(scale > 0, one, 0)  # the halvings are in `trial`
+        return _line.scale_updates(step, taken), LyapunovGuardState(
             value_before=jnp.where(
                 jnp.isfinite(judge.before), judge.before, state.value_before
             ).astype(dtype),

@@ -448,3 +448,41 @@ def moved(params: Any, updates: Any, scale: jax.Array | None = None) -> Any:
     if scale is not None:
         updates = scale_updates(updates, scale)
     return jax.tree.map(_stored, optax.apply_updates(params, updates))
+
+
+def _exact_step(trial: jax.Array, param: jax.Array, like: jax.Array) -> jax.Array:
+    """The update of ``like``'s dtype that takes ``param`` to ``trial`` to the bit.
+
+    ``trial - param``, then, where ``optax.apply_updates`` would not round
+    ``param`` plus it back to ``trial`` (at a power of two, where the
+    spacing of floats changes), its neighbour on the side of ``trial``.
+    """
+    dtype = jnp.dtype(like.dtype)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return (trial - param).astype(dtype)
+    work = jnp.promote_types(param.dtype, dtype)
+    step = (trial.astype(work) - param.astype(work)).astype(dtype)
+    back = _stored(jnp.asarray(param + step).astype(param.dtype))
+
+    def mend(d: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
+        far = jnp.asarray(jnp.inf, d.dtype)
+        toward = jnp.nextafter(d, jnp.where(b < t, far, -far))
+        return jnp.where(b == t, d, toward)
+
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        real = mend(step.real, back.real, trial.real)
+        imag = mend(step.imag, back.imag, trial.imag)
+        return lax.complex(real, imag)
+    return mend(step, back, trial)
+
+
+def difference(trial: Any, params: Any, like: Any) -> Any:
+    """The update (dtypes of ``like``) with ``moved(params, it) == trial``, leaf
+    by leaf, to the bit."""
+    return jax.tree.map(_exact_step, trial, params, like)
+
+
+def halfway(params: Any, trial: Any) -> Any:
+    """The parameters half the step from ``params`` to ``trial``, as stored."""
+    step = difference(trial, params, trial)
+    return moved(params, jax.tree.map(lambda d: d / 2, step))
