@@ -238,7 +238,12 @@ def lyapunov_guard(
       mode, reported.
     - ``V(theta + s u)`` is evaluated at the parameters as they will be
       stored (bfloat16 parameters rounded to bfloat16), in the loss's dtype
-      when it is wider than the parameters'.
+      when it is wider than the parameters'. The update returned is the
+      exact difference between those parameters and ``params``:
+      ``optax.apply_updates(params, updates)`` gives, to the bit, the
+      parameters whose loss was judged (``s u`` up to the rounding of
+      ``theta + s u``). Each halving is taken from the last trial
+      parameters, in place: the proposal is not kept beside them.
     - The guard must be the last transform to touch the updates: a
       transform after it (``optax.scale(5.0)``) changes a step that was
       judged into one that was not.

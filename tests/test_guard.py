@@ -183,3 +183,40 @@ def test_sufficient_decrease_without_grad_takes_the_slope_from_value_fn() -> Non
     with_grad = tx.update(jnp.array([-1.6]), tx.init(X), X, value_fn=loss, grad=2 * X)
     without = tx.update(jnp.array([-1.6]), tx.init(X), X, value_fn=loss)
     np.testing.assert_array_equal(with_grad[0], without[0])
+
+
+@pytest.mark.parametrize("mode", ["record", "backtrack"])
+def test_the_update_returned_lands_on_the_parameters_judged_to_the_bit(
+    mode: str,
+) -> None:
+    # bfloat16 parameters and steps of every size: where theta + u rounds to
+    # a power of two, theta plus (trial - theta) may round to its neighbour
+    # below (the spacing of floats halves there). The guard returns the
+    # step that lands on the trial parameters it judged. sum((p - y)^2) is
+    # lowered by u = r (y - x) for 0 < r < 2 in every entry, so the step is
+    # taken whole.
+    keys = jax.random.split(jax.random.key(0), 4)
+    n = 200_000
+
+    def spread(key: jax.Array, scale_key: jax.Array) -> jax.Array:
+        scale = jnp.exp(jax.random.uniform(scale_key, (n,), minval=-4, maxval=4))
+        return jax.random.normal(key, (n,)) * scale
+
+    x = spread(keys[0], keys[1]).astype(jnp.bfloat16)
+    y = spread(keys[2], keys[1])
+    r = jax.random.uniform(keys[3], (n,), minval=0.05, maxval=1.95)
+    u = (r * (y - x.astype(jnp.float32))).astype(jnp.bfloat16)
+    tx = lyapopt.lyapunov_guard(guard=mode, decrease=0.0)
+    value_fn = lambda p: jnp.sum((p.astype(jnp.float32) - y) ** 2)  # noqa: E731
+    updates, state = jax.jit(
+        lambda u, x: tx.update(u, tx.init(x), x, value_fn=value_fn)
+    )(u, x)
+    judged = lyapopt._line.moved(x, u)
+    stored = optax.apply_updates(x, updates)
+    assert float(state.scale) == 1.0
+    np.testing.assert_array_equal(
+        np.asarray(stored, np.float32), np.asarray(judged, np.float32)
+    )
+    # The plain difference would not have landed there everywhere.
+    naive = optax.apply_updates(x, judged - x)
+    assert int(jnp.sum(naive != judged)) > 0

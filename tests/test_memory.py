@@ -42,20 +42,20 @@ def test_the_model_has_a_million_parameters() -> None:
     assert 0.95e6 < PARAM_BYTES / 4 < 1.05e6
 
 
-# Measured with jax 0.10.2 on the CPU: +1.27 buffers for lyapunov_adam,
-# with the curvature every 10 steps, and stabilize(optax.adamw) (0.2.0 as
-# released: +2.56, then +1.42 while the wrapped step ran in
-# optax.apply_if_finite's lax.cond), +0.86 for the first-order rule (the
-# gradient, whose norm is needed before the step; 0.2: +1.18). What is
-# left: the update (written over the gradient) and the guard's trial
-# parameters, whose leaves XLA computes all before the loss uses the first.
-# The bounds keep what was measured from growing.
+# The target: at most one parameter-sized buffer more than the
+# wrapped optimizer. Measured with jax 0.10.2 on the CPU: +0.66 for
+# lyapunov_adam and stabilize(optax.adamw) (0.2.0 as released: +2.56; then
+# +1.42 with the wrapped step in optax.apply_if_finite's lax.cond and the
+# guard's trial parameters beside the update), +0.86 for the first-order
+# rule (the gradient, whose norm is needed before the step). With the
+# curvature every 10 steps, +1.26: g.u is then a dot product with the
+# gradient, taken while the gradient and the update are both whole.
 @pytest.mark.parametrize(
     ("name", "bound"),
     [
-        ("lyapunov_adam", 1.35),
+        ("lyapunov_adam", 1.0),
         ("lyapunov_adam every 10", 1.35),
-        ("stabilize(optax.adamw)", 1.35),
+        ("stabilize(optax.adamw)", 1.0),
         ("lyapunov_sgd first-order", 1.0),
     ],
 )
