@@ -244,7 +244,7 @@ class Direction(NamedTuple):
 
     norm: jax.Array  # ||u||, NaN or Inf when u holds a NaN or an Inf
     # u / ||u|| in at least float32, zero when ||u|| is 0 or not finite; or
-    # (`prescaled`) a multiple of u of norm `length`, near 1
+    # (`prescaled`) the tree handed on, of norm `length`
     unit: Any
     finite: jax.Array  # whether ||u|| is finite
     length: Any = 1.0  # ||unit||
