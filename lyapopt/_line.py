@@ -272,7 +272,7 @@ def prescaled(updates: Any, factors: tuple[jax.Array, ...], dtype: Any) -> Direc
     not finite).
     """
     length = tree_norm(updates, dtype)
-    norm = step_norm(updates, factors, dtype)
+    norm = times_factors(length, factors)
     zero = norm == 0
     return Direction(
         norm, _promoted(updates), jnp.isfinite(norm), jnp.where(zero, jnp.inf, length)
@@ -375,7 +375,11 @@ def step_norm(updates: Any, factors: tuple[jax.Array, ...], dtype: Any) -> jax.A
     (XLA:CPU) a leaf-sized copy of each factor. 0 where a factor is not
     positive, as the scaled step is.
     """
-    norm = tree_norm(updates, dtype)
+    return times_factors(tree_norm(updates, dtype), factors)
+
+
+def times_factors(norm: jax.Array, factors: tuple[jax.Array, ...]) -> jax.Array:
+    """``norm`` (of a tree) times ``factors``: 0 where a factor is not positive."""
     for factor in factors:
         norm = jnp.where(factor > 0, norm * factor.astype(norm.dtype), 0)
     return norm
@@ -462,7 +466,7 @@ def _exact_step(trial: jax.Array, param: jax.Array, like: jax.Array) -> jax.Arra
         return (trial - param).astype(dtype)
     work = jnp.promote_types(param.dtype, dtype)
     step = (trial.astype(work) - param.astype(work)).astype(dtype)
-    back = _stored(jnp.asarray(param + step).astype(param.dtype))
+    back = moved(param, step)
 
     def mend(d: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
         far = jnp.asarray(jnp.inf, d.dtype)

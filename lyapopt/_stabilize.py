@@ -16,6 +16,10 @@ from lyapopt._guard import VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
 from lyapopt._level import scale_by_level
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 
+# `stabilize` keeps optax.apply_if_finite's state, and its rule with no
+# limit on the non-finite steps in a row: it never lets a NaN through.
+_NEVER = int(jnp.iinfo(jnp.int32).max)
+
 
 class StabilizeState(NamedTuple):
     """State of :func:`stabilize`: the wrapped optimizer's, then each stage's."""
@@ -75,7 +79,7 @@ def _propose(
     both whole when it ends. Here the step is the body of a
     ``lax.while_loop`` that runs once or not at all, and XLA writes the
     update over the gradient and the state over itself, as ``tx`` alone
-    would (``python -m benchmarks.memory --phases``: +0.37 parameter-sized
+    would (``python -m benchmarks.memory --phases``: +0.29 parameter-sized
     buffers over ``optax.adam`` against +1.25). An update whose largest
     entry is outside ``[2^-24, 2^24]`` (an absurd rate, a converged step)
     is then scaled, in place and exactly, by the power of two that brings
@@ -85,37 +89,31 @@ def _propose(
     ``extra_args["grad"]`` (else the gradient) is taken in the loop, while
     the gradient is at hand.
     """
-    finite = jnp.asarray(True)
-    for x in jax.tree.leaves(grads):
-        finite = finite & jnp.all(jnp.isfinite(x))
     dtype = _line.scalar_dtype(grads)
+    finite = jnp.isfinite(_line.tree_max_abs(grads, dtype))
 
     def step(carry: tuple) -> tuple:
-        g, inner_state, _, slope = carry
+        g, inner_state, slope = carry
         u, inner_state = tx.update(g, inner_state, params, **extra_args)
         if slope_dtype is not None:
             slope = _line.tree_dot(extra_args.get("grad", g), u, slope_dtype)
-        return u, inner_state, jnp.zeros_like(finite), slope
+        return u, inner_state, slope
 
     zero = jnp.zeros([], slope_dtype or dtype)
-    updates, inner_state, _, slope = lax.while_loop(
-        lambda carry: carry[2], step, (grads, state.inner_state, finite, zero)
+    updates, inner_state, slope = _run_if(
+        finite, step, (grads, state.inner_state, zero)
     )
     # Only an update whose largest entry is outside [2^-24, 2^24] is scaled
-    # (once, in place): a pass over the update at every step would cost a
-    # buffer where XLA keeps it beside the scaled copy.
+    # (in place): a pass over the update at every step would cost a buffer
+    # where XLA keeps it beside the scaled copy.
     largest = _line.tree_max_abs(updates, dtype)
     extreme = finite & (largest > 0) & ~((largest >= 2.0**-24) & (largest <= 2.0**24))
 
     def rescale(carry: tuple) -> tuple:
-        u, _, _ = carry
         c = _line.power_of_two(largest)
-        u = jax.tree.map(lambda x: x * c.astype(x.dtype), u)
-        return u, 1 / c, jnp.zeros_like(extreme)
+        return jax.tree.map(lambda x: x * c.astype(x.dtype), carry[0]), 1 / c
 
-    updates, inverse, _ = lax.while_loop(
-        lambda carry: carry[2], rescale, (updates, jnp.ones([], dtype), extreme)
-    )
+    updates, inverse = _run_if(extreme, rescale, (updates, jnp.ones([], dtype)))
     count = optax.safe_increment
     return _Proposal(
         updates=updates,
@@ -136,16 +134,15 @@ def _propose(
     )
 
 
-def _init_finite(
-    tx: optax.GradientTransformation, params: optax.Params
-) -> optax.ApplyIfFiniteState:
-    """``optax.apply_if_finite(tx, ...).init(params)``."""
-    return optax.ApplyIfFiniteState(
-        notfinite_count=_line.scalar(0, jnp.int32),
-        last_finite=_line.scalar(True, jnp.bool_),
-        total_notfinite=_line.scalar(0, jnp.int32),
-        inner_state=tx.init(params),
-    )
+def _run_if(flag: jax.Array, body: Any, operand: Any) -> Any:
+    """``body(operand)`` where ``flag``, else ``operand``: a ``lax.while_loop``
+    of at most one pass, whose carry XLA updates in place (a ``lax.cond``
+    keeps its operand and its result apart)."""
+
+    def once(carry: tuple) -> tuple:
+        return body(carry[0]), jnp.zeros_like(flag)
+
+    return lax.while_loop(lambda carry: carry[1], once, (operand, flag))[0]
 
 
 def stage_transforms(
@@ -300,7 +297,8 @@ def stabilize(
 
     def init_fn(params: optax.Params) -> StabilizeState:
         return StabilizeState(
-            _init_finite(inner, params), *(s.init(params) for s in stages)
+            optax.apply_if_finite(inner, _NEVER).init(params),
+            *(s.init(params) for s in stages),
         )
 
     def update_fn(
