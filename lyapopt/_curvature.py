@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -10,13 +11,8 @@ import optax
 from jax import lax
 from jax.experimental import checkify
 
-from lyapopt import _line
-from lyapopt._checks import (
-    check_like_params,
-    check_number,
-    require_params,
-    require_value_fn,
-)
+from lyapopt import _line, _stage
+from lyapopt._checks import check_number
 from lyapopt._options import DEFAULTS
 
 _WHERE = "scale_by_curvature"
@@ -152,31 +148,50 @@ def scale_by_curvature(
       >>> optax.apply_updates(x, updates)
       Array([0.], dtype=float32)
     """
-    check_number(
-        _WHERE,
-        "safety",
-        safety,
-        lower=0.0,
-        lower_open=True,
-        fix="Pass 1.0 to stop at the model's minimum.",
-    )
-    check_number(
-        _WHERE,
-        "curvature_every",
-        curvature_every,
-        lower=1.0,
-        integer=True,
-        fix="Pass 1 to measure the curvature at every step.",
-    )
-    check_number(
-        _WHERE,
-        "max_scale",
-        max_scale,
-        lower=1.0,
-        fix="Pass 1.0 never to lengthen a step.",
-    )
+    return _stage.transform(CurvatureCap(safety, curvature_every, max_scale), axis_name)
 
-    def init_fn(params: optax.Params) -> ScaleByCurvatureState:
+
+@dataclasses.dataclass(frozen=True)
+class CurvatureCap:
+    """The curvature cap as a stage (:class:`lyapopt._stage.Stage`)."""
+
+    safety: float | jax.Array
+    curvature_every: int | jax.Array
+    max_scale: float | jax.Array
+    where: str = _WHERE
+    needs_value_fn: bool = True
+
+    def __post_init__(self) -> None:
+        check_number(
+            _WHERE,
+            "safety",
+            self.safety,
+            lower=0.0,
+            lower_open=True,
+            fix="Pass 1.0 to stop at the model's minimum.",
+        )
+        check_number(
+            _WHERE,
+            "curvature_every",
+            self.curvature_every,
+            lower=1.0,
+            integer=True,
+            fix="Pass 1 to measure the curvature at every step.",
+        )
+        check_number(
+            _WHERE,
+            "max_scale",
+            self.max_scale,
+            lower=1.0,
+            fix="Pass 1.0 never to lengthen a step.",
+        )
+
+    @property
+    def every_step(self) -> bool:
+        """Whether the curvature is measured at every step (known at trace time)."""
+        return isinstance(self.curvature_every, int) and self.curvature_every == 1
+
+    def init(self, params: optax.Params) -> ScaleByCurvatureState:
         dtype = _line.scalar_dtype(params)
         return ScaleByCurvatureState(
             count=_line.scalar(0, jnp.int32),
@@ -190,57 +205,46 @@ def scale_by_curvature(
             slope=_line.scalar(0, dtype),
         )
 
-    def update_fn(
-        updates: optax.Updates,
+    def step(
+        self,
+        line: _stage.LineInfo,
         state: ScaleByCurvatureState,
-        params: optax.Params | None = None,
-        *,
-        value_fn: Any = None,
-        grad: optax.Updates | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, ScaleByCurvatureState]:
-        require_params(_WHERE, params)
-        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args, axis_name)
-        check_like_params(_WHERE, "updates", updates, params)
-        if grad is not None:
-            check_like_params(_WHERE, "grad", grad, params)
+        problem: _stage.Problem,
+    ) -> tuple[_stage.LineInfo, ScaleByCurvatureState]:
+        value_fn, params = problem.value_fn, problem.params
+        assert value_fn is not None  # needs_value_fn: `start` made sure
+        # The state keeps its dtype (the parameters'); the scalars are worked
+        # in the loss's, which may be wider (a float64 loss).
         dtype = state.scale.dtype
-        # From `stabilize`: the caps' factors before this one (none: it is
-        # the first), and g.u.
-        factors = tuple(extra_args.pop(_line.FACTORS, ()))
-        known_slope = extra_args.pop(_line.SLOPE, None)
-        if extra_args.pop(_line.PRESCALED, False):
-            d = _line.prescaled(updates, factors, dtype)
-        else:
-            updates = _line.scaled(updates, factors)
-            factors = ()
-            d = _line.direction(updates, dtype)
+        d = line.direction(dtype)
 
         def measure() -> tuple[jax.Array, jax.Array, jax.Array]:
             v, slope, curv = _line.unit_derivatives(_WHERE, value_fn, params, d, dtype)
             return v.astype(dtype), slope, curv
 
         def reuse() -> tuple[jax.Array, jax.Array, jax.Array]:
-            if known_slope is None:
-                slope = _line.slope(_WHERE, value_fn, params, d, dtype, grad, axis_name)
-            else:  # g.u from `stabilize`: the gradient is gone by now
-                gu = _line.across(jnp.asarray(known_slope).astype(dtype), axis_name)
-                slope = _line.slope_over_norm(
-                    gu,
-                    d.norm,
-                    lambda: _line.unit_slope(_WHERE, value_fn, params, d, dtype),
-                )
+            slope = _stage.grad_dot(
+                _WHERE,
+                line,
+                problem,
+                dtype,
+                direction=lambda: d,
+                per_unit=True,
+                norm=d.norm,
+            )
             return jnp.full([], jnp.nan, dtype), slope, state.curvature
 
-        if isinstance(curvature_every, int) and curvature_every == 1:
+        if self.every_step:
             measured = jnp.asarray(True)
             v, slope, curv = measure()
         else:
-            period = jnp.asarray(curvature_every).astype(state.count.dtype)
+            period = jnp.asarray(self.curvature_every).astype(state.count.dtype)
             measured = state.count % period == 0
             v, slope, curv = lax.cond(measured, measure, reuse)
 
-        s_star, scale, finite = cap_scale(slope, curv, d.norm, safety, max_scale)
+        s_star, scale, finite = cap_scale(
+            slope, curv, d.norm, self.safety, self.max_scale
+        )
         keep = measured & finite & (d.norm > 0)
         detached = keep & (slope == 0) & (curv == 0)
         checkify.check(
@@ -251,10 +255,10 @@ def scale_by_curvature(
             "NNX `lyapopt.flax.nnx_value_fn(model, loss_fn, ...)`.",
             debug=True,
         )
-        return _line.scaled_by(updates, factors, scale), ScaleByCurvatureState(
+        new_state = ScaleByCurvatureState(
             count=optax.safe_increment(state.count),
-            s_star=jnp.where(finite, s_star, state.s_star),
-            scale=scale,
+            s_star=jnp.where(finite, s_star, state.s_star).astype(dtype),
+            scale=scale.astype(dtype),
             curvature=jnp.where(keep, curv, state.curvature).astype(dtype),
             nonfinite=jnp.where(
                 finite, state.nonfinite, optax.safe_increment(state.nonfinite)
@@ -268,5 +272,18 @@ def scale_by_curvature(
             # norm is finite.
             slope=jnp.where(scale > 0, slope * (d.norm * scale), 0).astype(dtype),
         )
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        # The factor is `scale` in the loss's dtype, as computed: the state's
+        # copy is rounded to the parameters' (`test_protocol`).
+        line = line.capped(scale, slope=new_state.slope)._replace(
+            curvature=jnp.where(keep, curv, jnp.nan)
+        )
+        if self.every_step:
+            # V(theta) is the primal of this pass: the guard takes it instead
+            # of a second forward pass where XLA cannot share the user's.
+            # (Measured every k steps, the guard evaluates V itself: a
+            # lax.cond between the two would hide that evaluation from the
+            # sharing on the other k - 1 steps.)
+            line = line._replace(
+                value=new_state.value, value_known=new_state.value_known
+            )
+        return line, new_state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -11,23 +12,11 @@ import optax
 from jax import lax
 from jax.experimental import checkify
 
-from lyapopt import _line
-from lyapopt._checks import (
-    check_choice,
-    check_like_params,
-    check_number,
-    require_params,
-    require_value_fn,
-)
+from lyapopt import _line, _stage
+from lyapopt._checks import check_choice, check_number
 from lyapopt._options import DEFAULTS, GUARD_MODES
 
 _WHERE = "lyapunov_guard"
-# The keyword by which `stabilize` hands its guard V(theta) from the curvature
-# cap's pass (private: no optax transform or user passes it).
-VALUE_BEFORE = "_lyapopt_value_before"
-# ... and g.u and the caps' factors (see `_line.SLOPE`).
-SLOPE = _line.SLOPE
-FACTORS = _line.FACTORS
 _INT32_MAX = int(jnp.iinfo(jnp.int32).max)
 
 
@@ -141,55 +130,6 @@ def _mismatch(value: Any, before: jax.Array, axis_name: Any) -> jax.Array:
     return jnp.isfinite(before) & ~(gap <= jnp.sqrt(eps) * jnp.abs(before))
 
 
-_COLLECTIVES = frozenset(
-    ("psum", "pmax", "pmin", "all_gather", "ppermute", "all_to_all", "psum_scatter")
-)
-
-
-def _collective_axes(jaxpr: Any) -> set[Any]:
-    """The named axes that the collectives of a jaxpr (and its sub-jaxprs) use."""
-    axes: set[Any] = set()
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name in _COLLECTIVES:
-            named = eqn.params.get("axes", eqn.params.get("axis_name", ()))
-            named = named if isinstance(named, (tuple, list)) else (named,)
-            axes.update(a for a in named if isinstance(a, str))
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    axes |= _collective_axes(inner)
-    return axes
-
-
-def _refuse_unsynchronised(jaxpr: Any, before: jax.Array) -> None:
-    """Raises when each replica would judge its own loss and wait on the others.
-
-    Under ``jax.pmap`` (or ``shard_map``) a ``value_fn`` that communicates
-    over a mapped axis (a BatchNorm's cross-device mean) but returns a loss
-    that differs between replicas makes the backtracking run a different
-    number of times on each device, and the collective inside it waits
-    forever. ``axis_name`` makes the decision common; a loss that
-    ``shard_map`` types as the same on every device needs nothing.
-    """
-    axes = _collective_axes(jaxpr)
-    if not axes:
-        return
-    varying = getattr(jax.typeof(before), "vma", None)
-    if varying is not None and not varying:
-        return  # the same loss on every device
-    name = sorted(axes)[0]
-    raise ValueError(
-        f"{_WHERE}: `value_fn` communicates over the mapped axis {name!r} (e.g. a "
-        "BatchNorm's cross-device mean) but its loss may differ between devices, "
-        "so each device would judge the step on its own loss: the backtracking "
-        "would run a different number of times on each, and the collective "
-        "would wait forever. Pass the axis to the optimizer: "
-        f"`axis_name={name!r}` (e.g. `lyapopt.stabilize(tx, axis_name={name!r})`), "
-        "so the loss, slope and curvature are averaged over it."
-    )
-
-
 def lyapunov_guard(
     *,
     guard: str = "backtrack",
@@ -289,35 +229,51 @@ def lyapunov_guard(
       >>> optax.apply_updates(x, updates), int(state[1].backtracks)
       (Array([0.], dtype=float32), 2)
     """
-    check_choice(_WHERE, "guard", guard, GUARD_MODES)
-    check_number(
-        _WHERE,
-        "tolerance",
-        tolerance,
-        lower=0.0,
-        fix="Pass 0.0 to forbid any rise of the loss.",
+    return _stage.transform(
+        Guard(guard, tolerance, max_backtracks, decrease), axis_name
     )
-    check_number(
-        _WHERE,
-        "decrease",
-        decrease,
-        lower=0.0,
-        upper=1.0,
-        upper_open=True,
-        fix="Pass 0.0 to ask only for no rise, or 0.25 for a sufficient decrease.",
-    )
-    check_number(
-        _WHERE,
-        "max_backtracks",
-        max_backtracks,
-        lower=0.0,
-        upper=_INT32_MAX,
-        integer=True,
-        fix="Pass 8, or 0 to skip a step that raises the loss (the count is int32).",
-    )
-    no_decrease = isinstance(decrease, (int, float)) and decrease == 0
 
-    def init_fn(params: optax.Params) -> LyapunovGuardState:
+
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """The Lyapunov guard as a stage (:class:`lyapopt._stage.Stage`)."""
+
+    mode: str
+    tolerance: float | jax.Array
+    max_backtracks: int | jax.Array
+    decrease: float | jax.Array
+    where: str = _WHERE
+    needs_value_fn: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(_WHERE, "guard", self.mode, GUARD_MODES)
+        check_number(
+            _WHERE,
+            "tolerance",
+            self.tolerance,
+            lower=0.0,
+            fix="Pass 0.0 to forbid any rise of the loss.",
+        )
+        check_number(
+            _WHERE,
+            "decrease",
+            self.decrease,
+            lower=0.0,
+            upper=1.0,
+            upper_open=True,
+            fix="Pass 0.0 to ask only for no rise, or 0.25 for a sufficient decrease.",
+        )
+        check_number(
+            _WHERE,
+            "max_backtracks",
+            self.max_backtracks,
+            lower=0.0,
+            upper=_INT32_MAX,
+            integer=True,
+            fix="Pass 8, or 0 to skip a step that raises the loss (the count is int32).",
+        )
+
+    def init(self, params: optax.Params) -> LyapunovGuardState:
         dtype = _line.scalar_dtype(params)
         return LyapunovGuardState(
             value_before=_line.scalar(0, dtype),
@@ -330,84 +286,53 @@ def lyapunov_guard(
             detached=_line.scalar(0, jnp.int32),
         )
 
-    def judge_step(
-        updates: optax.Updates,
-        params: optax.Params,
-        value_fn: _line.ValueFn,
-        grad: optax.Updates | None,
-        dtype: jnp.dtype,
-        known: tuple[jax.Array, jax.Array] | None,
-        known_slope: jax.Array | None,
-        loss_dtype: jnp.dtype,
-        factors: tuple[jax.Array, ...] = (),
+    def judge(
+        self, line: _stage.LineInfo, problem: _stage.Problem, dtype: jnp.dtype
     ) -> _Judge:
-        before = _value_before(value_fn, params, dtype, known, loss_dtype)
+        """What every mode needs to judge the line's step."""
+        value_fn, params = problem.value_fn, problem.params
+        assert value_fn is not None  # needs_value_fn: `start` made sure
+        known = None if line.value is None else (line.value, line.value_known)
+        before = _value_before(value_fn, params, dtype, known, problem.loss_dtype)
         work = before.dtype
-        norm = _line.step_norm(updates, factors, work)
-        finite_step = jnp.isfinite(norm)
-        step = _line.scaled(updates, factors)
-        if no_decrease:
+        norm = line.norm(work)
+        if isinstance(self.decrease, (int, float)) and self.decrease == 0:
             required = jnp.zeros([], work)
         else:
-            if grad is not None:
-                check_like_params(_WHERE, "grad", grad, params)
-            if known_slope is not None:
-                slope = _line.across(jnp.asarray(known_slope).astype(work), axis_name)
-            elif grad is not None and not _line.is_complex(params):
-                # g.u itself: an overflow only makes a huge step unacceptable.
-                slope = _line.across(_line.tree_dot(grad, step, work), axis_name)
-            else:
-                d = _line.direction(step, work)
-                slope = _line.slope(_WHERE, value_fn, params, d, work, None, axis_name)
-                slope = slope * d.norm
-            required = jnp.asarray(decrease).astype(work) * jnp.minimum(slope, 0)
-
+            # g.u itself, not per unit: an overflow only makes a huge step
+            # unacceptable.
+            slope = _stage.grad_dot(
+                _WHERE,
+                line,
+                problem,
+                work,
+                direction=lambda: _line.direction(line.step(), work),
+                per_unit=False,
+            )
+            required = jnp.asarray(self.decrease).astype(work) * jnp.minimum(slope, 0)
         return _Judge(
             before=before,
-            judged=jnp.isfinite(before) & finite_step,
+            judged=jnp.isfinite(before) & jnp.isfinite(norm),
             required=required,
             value_of=lambda p: _line.value(_WHERE, value_fn, p, work),
             params=params,
             # The caps' factors are applied here: the capped step is never
             # a tree of its own, and the trial parameters take the
-            # proposal's place.
-            trial=_line.moved(params, _line.scaled(updates, factors)),
-            bound=before + jnp.asarray(tolerance).astype(work),
+            # proposal's place (`test_memory`).
+            trial=_line.moved(params, line.step()),
+            bound=before + jnp.asarray(self.tolerance).astype(work),
             moves=norm > 0,
         )
 
-    def update_fn(
-        updates: optax.Updates,
+    def step(
+        self,
+        line: _stage.LineInfo,
         state: LyapunovGuardState,
-        params: optax.Params | None = None,
-        *,
-        value: jax.Array | None = None,
-        value_fn: Any = None,
-        grad: optax.Updates | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, LyapunovGuardState]:
-        require_params(_WHERE, params)
-        value_fn = _line.bind(require_value_fn(_WHERE, value_fn), extra_args, axis_name)
-        check_like_params(_WHERE, "updates", updates, params)
+        problem: _stage.Problem,
+    ) -> tuple[_stage.LineInfo, LyapunovGuardState]:
         dtype = state.scale.dtype
-        # One trace of the loss, at trace time only: its dtype, and the
-        # collectives it holds.
-        traced = jax.make_jaxpr(lambda p: _line.value(_WHERE, value_fn, p, dtype))(
-            params
-        )
-        judge = judge_step(
-            updates,
-            params,
-            value_fn,
-            grad,
-            dtype,
-            extra_args.get(VALUE_BEFORE),
-            extra_args.get(SLOPE),
-            traced.out_avals[0].dtype,
-            tuple(extra_args.get(FACTORS, ())),
-        )
-        if axis_name is None:
-            _refuse_unsynchronised(traced.jaxpr, judge.before)
+        params = problem.params
+        judge = self.judge(line, problem, dtype)
         one = jnp.ones([], judge.before.dtype)
         after = jnp.where(judge.moves, judge.value_of(judge.trial), judge.before)
         trial = judge.trial
@@ -427,21 +352,22 @@ def lyapunov_guard(
             promised=-judge.required,
             debug=True,
         )
+        value = problem.value
         mismatch = (
             jnp.asarray(False)
             if value is None
-            else _mismatch(value, judge.before, axis_name)
+            else _mismatch(value, judge.before, problem.axis_name)
         )
         scale, backtracks = one, jnp.zeros([], jnp.int32)
-        if guard == "check":
+        if self.mode == "check":
             checkify.check(
                 holds | ~judge.judged,
                 "lyapunov_guard: the step raised the loss from {before} to {after} "
                 "(tolerance {tol}, decrease {sigma}).",
                 before=judge.before,
                 after=after,
-                tol=jnp.asarray(tolerance),
-                sigma=jnp.asarray(decrease),
+                tol=jnp.asarray(self.tolerance),
+                sigma=jnp.asarray(self.decrease),
                 debug=True,
             )
             checkify.check(
@@ -453,11 +379,13 @@ def lyapunov_guard(
                 before=judge.before,
                 debug=True,
             )
-        elif guard == "skip":
+        elif self.mode == "skip":
             scale = jnp.where(holds, one, 0)
-        elif guard == "backtrack":
-            scale, after, backtracks, trial = _backtrack(judge, after, max_backtracks)
-        if guard in ("skip", "backtrack"):
+        elif self.mode == "backtrack":
+            scale, after, backtracks, trial = _backtrack(
+                judge, after, self.max_backtracks
+            )
+        if self.mode in ("skip", "backtrack"):
             after = jnp.where(scale > 0, after, judge.before)
         else:  # record, check: the step is taken unless it cannot be judged
             scale = jnp.where(judge.judged, one, 0)
@@ -466,10 +394,12 @@ def lyapunov_guard(
             return jnp.where(event, optax.safe_increment(n), n)
 
         # The step to the parameters judged, exactly (not the proposal
-        # times the scale, which XLA would keep beside them).
-        step = _line.difference(trial, params, updates)
+        # times the scale, which XLA would keep beside them; the one-ulp
+        # mend is protected by test_guard's bfloat16 exact-step test).
+        step = _line.difference(trial, params, line.updates)
         taken = jnp.where(scale > 0, one, 0)  # the halvings are in `trial`
-        return _line.scale_updates(step, taken), LyapunovGuardState(
+        accepted = _line.scale_updates(step, taken)
+        return line._replace(updates=accepted, factors=()), LyapunovGuardState(
             value_before=jnp.where(
                 jnp.isfinite(judge.before), judge.before, state.value_before
             ).astype(dtype),
@@ -483,5 +413,3 @@ def lyapunov_guard(
             value_mismatches=count(mismatch, state.value_mismatches),
             detached=count(detached, state.detached),
         )
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from lyapopt import _line
-from lyapopt._checks import (
-    check_like_params,
-    check_number,
-    require_params,
-)
+from lyapopt import _line, _stage
+from lyapopt._checks import check_number
 
 _WHERE = "scale_by_level"
 
@@ -76,33 +73,38 @@ def scale_by_level(
       >>> updates
       Array([-0.5], dtype=float32)
     """
-    check_number(
-        _WHERE, "level", level, fix="Pass a lower bound of the loss, such as 0.0."
-    )
+    return _stage.transform(LevelCap(level), axis_name)
 
-    def init_fn(params: optax.Params) -> ScaleByLevelState:
+
+@dataclasses.dataclass(frozen=True)
+class LevelCap:
+    """The level cap as a stage (:class:`lyapopt._stage.Stage`)."""
+
+    level: float | jax.Array
+    where: str = _WHERE
+    needs_value_fn: bool = False  # `value` and `grad` will do
+
+    def __post_init__(self) -> None:
+        check_number(
+            _WHERE,
+            "level",
+            self.level,
+            fix="Pass a lower bound of the loss, such as 0.0.",
+        )
+
+    def init(self, params: optax.Params) -> ScaleByLevelState:
         dtype = _line.scalar_dtype(params)
         return ScaleByLevelState(
             s_level=_line.scalar(jnp.inf, dtype), scale=_line.scalar(1, dtype)
         )
 
-    def update_fn(
-        updates: optax.Updates,
-        state: ScaleByLevelState,
-        params: optax.Params | None = None,
-        *,
-        value: jax.Array | None = None,
-        value_fn: Any = None,
-        grad: optax.Updates | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, ScaleByLevelState]:
+    def step(
+        self, line: _stage.LineInfo, state: ScaleByLevelState, problem: _stage.Problem
+    ) -> tuple[_stage.LineInfo, ScaleByLevelState]:
         dtype = state.scale.dtype
-        # From `stabilize`: g.u, and the proposal before the caps' factors.
-        known_slope = extra_args.pop(_line.SLOPE, None)
-        factors = tuple(extra_args.pop(_line.FACTORS, ()))
-        if value_fn is None:
-            if (grad is None and known_slope is None) or value is None:
-                missing = "`grad`" if value is not None else "`value`"
+        if problem.value_fn is None:
+            if (line.grad is None and line.slope is None) or problem.value is None:
+                missing = "`grad`" if problem.value is not None else "`value`"
                 raise ValueError(
                     f"{_WHERE} needs `value_fn`, or else both `value` and `grad`; "
                     f"{missing} is missing: call `tx.update(grads, state, params, "
@@ -110,53 +112,32 @@ def scale_by_level(
                     "`value=loss, grad=grads`."
                 )
             v = _line.across(
-                _line.loss_scalar(_WHERE, value, dtype, name="value"), axis_name
+                _line.loss_scalar(_WHERE, problem.value, dtype, name="value"),
+                problem.axis_name,
             )
         else:
-            require_params(_WHERE, params)
-            check_like_params(_WHERE, "updates", updates, params)
-            value_fn = _line.bind(value_fn, extra_args, axis_name)
-            v = _line.value(_WHERE, value_fn, params, dtype)
-        if grad is not None and jax.tree.structure(grad) != jax.tree.structure(updates):
-            raise ValueError(
-                f"{_WHERE}: `grad` and `updates` must have the same tree "
-                f"structure; got {jax.tree.structure(grad)} and "
-                f"{jax.tree.structure(updates)}."
-            )
-        step = _line.scaled(updates, factors)
-        if known_slope is None:
-            d = _line.direction(step, v.dtype)
-            norm = d.norm
-            slope = _line.slope(_WHERE, value_fn, params, d, v.dtype, grad, axis_name)
-        else:
-            # g.u over ||u||, without a tree beside the proposal; the
-            # forward-mode pass only where g.u is out of range.
-            norm = _line.step_norm(updates, factors, v.dtype)
-            gu = _line.across(jnp.asarray(known_slope).astype(v.dtype), axis_name)
-            if value_fn is None:  # nothing to measure with: g.u as it is
-                slope = _line.times(gu, *_line.inverse(norm))
-            else:
-
-                def measure() -> jax.Array:
-                    # The direction of the scaled step is the proposal's, or
-                    # none where a factor is 0: no scaled tree.
-                    d = _line.direction(updates, v.dtype)
-                    unit = _line.unit_slope(_WHERE, value_fn, params, d, v.dtype)
-                    moves = jnp.all(jnp.array([f > 0 for f in factors], bool))
-                    return jnp.where(moves, unit, 0)
-
-                slope = _line.slope_over_norm(gu, norm, measure)
+            v = _line.value(_WHERE, problem.value_fn, problem.params, dtype)
+        # A known g.u needs only the norm (no tree beside the proposal); the
+        # direction, a tree, only where a forward-mode pass measures g.u.
+        norm = line.norm(v.dtype)
+        slope = _stage.grad_dot(
+            _WHERE,
+            line,
+            problem,
+            v.dtype,
+            direction=lambda: line.direction(v.dtype),
+            per_unit=True,
+            norm=norm,
+        )
         descent = slope < 0
-        gap = v - jnp.asarray(level).astype(v.dtype)
+        gap = v - jnp.asarray(self.level).astype(v.dtype)
         unit_length = gap / jnp.where(descent, -slope, 1)
         s_level = jnp.where(
             descent, unit_length / jnp.where(norm > 0, norm, 1), jnp.inf
         )
         finite = jnp.isfinite(v) & jnp.isfinite(slope) & jnp.isfinite(norm)
         scale = jnp.where(finite, jnp.clip(s_level, 0, 1), 0).astype(dtype)
-        return _line.scale_updates(step, scale), ScaleByLevelState(
+        return line.capped(scale), ScaleByLevelState(
             s_level=jnp.where(finite, s_level, state.s_level).astype(dtype),
             scale=scale,
         )
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from lyapopt import _line, _options
+from lyapopt import _line, _options, _stage
 from lyapopt._checks import check_choice, check_like_params
-from lyapopt._curvature import ScaleByCurvatureState, scale_by_curvature
-from lyapopt._guard import VALUE_BEFORE, LyapunovGuardState, lyapunov_guard
-from lyapopt._level import scale_by_level
+from lyapopt._curvature import CurvatureCap
+from lyapopt._guard import Guard
+from lyapopt._level import LevelCap
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 
 # `stabilize` keeps optax.apply_if_finite's state, and its rule with no
@@ -147,37 +147,23 @@ def _run_if(flag: jax.Array, body: Any, operand: Any) -> Any:
     return lax.while_loop(lambda carry: carry[1], once, (operand, flag))[0]
 
 
-def stage_transforms(
-    options: StageOptions,
-) -> tuple[optax.GradientTransformationExtraArgs, ...]:
-    """The curvature cap, the level cap and the guard that ``options`` asks for.
-
-    A stage that is off is ``optax.identity()``, so the state keeps its shape.
-    """
+def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
+    """The curvature cap, the level cap and the guard that ``options`` asks for,
+    in the order they run; a stage that is off is :class:`_stage.Off`, so the
+    state keeps its shape."""
     check_choice("stabilize", "guard", options.guard, (*GUARD_MODES, None))
-    stages = (
-        scale_by_curvature(
-            options.safety,
-            curvature_every=options.curvature_every,
-            max_scale=options.max_scale,
-            axis_name=options.axis_name,
-        )
-        if options.safety is not None
-        else optax.identity(),
-        scale_by_level(options.level)
-        if options.level is not None
-        else optax.identity(),
-        lyapunov_guard(
-            guard=options.guard,
-            tolerance=options.tolerance,
-            max_backtracks=options.max_backtracks,
-            decrease=options.decrease,
-            axis_name=options.axis_name,
-        )
-        if options.guard is not None
-        else optax.identity(),
+    off = _stage.Off()
+    return (
+        off
+        if options.safety is None
+        else CurvatureCap(options.safety, options.curvature_every, options.max_scale),
+        off if options.level is None else LevelCap(options.level),
+        off
+        if options.guard is None
+        else Guard(
+            options.guard, options.tolerance, options.max_backtracks, options.decrease
+        ),
     )
-    return tuple(optax.with_extra_args_support(s) for s in stages)
 
 
 def stabilize(
@@ -290,17 +276,18 @@ def stabilize(
             f"`optax.adam(1e-3)`, got {type(tx).__name__}."
         )
     inner = _keep_dtypes(tx)
-    stages = stage_transforms(options)
-    measures_every_step = (
-        options.safety is not None
-        and isinstance(options.curvature_every, int)
-        and options.curvature_every == 1
-    )
+    chain = stages(options)
+    needs_value_fn = any(stage.needs_value_fn for stage in chain)
+    # With the curvature measured at every step, g.u comes from the cap's
+    # pass: a dot product with the gradient would hold the gradient beside
+    # the update.
+    cap = chain[0]
+    measures_every_step = isinstance(cap, CurvatureCap) and cap.every_step
 
     def init_fn(params: optax.Params) -> StabilizeState:
         return StabilizeState(
             optax.apply_if_finite(inner, _NEVER).init(params),
-            *(s.init(params) for s in stages),
+            *(stage.init(params) for stage in chain),
         )
 
     def update_fn(
@@ -313,12 +300,24 @@ def stabilize(
         # the raw gradient, unless a transform before this one changed it
         # (a clip, weight decay); then the caller passes it as `grad`.
         grads = updates
-        if "grad" in extra_args and params is not None:
-            check_like_params("stabilize", "grad", extra_args["grad"], params)
+        grad = extra_args.get("grad")
+        if grad is not None and params is not None:
+            check_like_params("stabilize", "grad", grad, params)
+        problem = _stage.start(
+            "stabilize",
+            updates,
+            params,
+            value_fn=extra_args.get("value_fn"),
+            grad=grad,
+            value=extra_args.get("value"),
+            extra_args={
+                k: v for k, v in extra_args.items() if k not in ("value_fn", "grad")
+            },
+            axis_name=options.axis_name,
+            needs_value_fn=needs_value_fn,
+        )
         # g.u, taken while the gradient is at hand (it need not live until
-        # the stages), unless the cap measures it at every step: its
-        # forward-over-forward pass gives g.u along the step, and a dot
-        # product with the gradient would hold the gradient beside the update.
+        # the stages), unless the cap measures it at every step.
         with_slope = (
             not measures_every_step
             and params is not None
@@ -332,50 +331,24 @@ def stabilize(
             extra_args,
             _line.scalar_dtype(params) if with_slope else None,
         )
-        inner_state, updates, slope = proposal.state, proposal.updates, proposal.slope
         if not with_slope and not measures_every_step:
-            extra_args = {"grad": grads, **extra_args}
-        # The caps scale the proposal by their factors; the step each stage
-        # sees is `_line.scaled(updates, factors)`, left to XLA to compute
-        # where it is consumed, and the guard applies the factors itself:
-        # the capped step is never a second tree beside the proposal.
-        factors: tuple[jax.Array, ...] = (proposal.factor,)
+            grad = grads if grad is None else grad
+        # The caps scale the proposal by their factors; the step is
+        # `line.step()`, left to XLA to compute where it is consumed, and the
+        # guard applies the factors itself: the capped step is never a
+        # second tree beside the proposal. With g.u known, the gradient need
+        # not live until the stages.
+        line = _stage.LineInfo(
+            proposal.updates,
+            factors=(proposal.factor,),
+            prescaled=True,
+            grad=None if proposal.slope is not None else grad,
+            slope=proposal.slope,
+        )
         new_states = []
-        for stage, stage_state in zip(stages, state[1:], strict=True):
-            kwargs = extra_args
-            guard = isinstance(stage_state, LyapunovGuardState)
-            if slope is not None and not isinstance(stage_state, optax.EmptyState):
-                # g.u instead of the gradient: it need not live until here.
-                kwargs = {k: v for k, v in extra_args.items() if k != "grad"}
-                kwargs[_line.SLOPE] = slope
-            if measures_every_step and guard:
-                # V(theta) is the primal of the cap's pass: no second forward
-                # pass where XLA cannot share the user's. (With the curvature
-                # measured every k steps, the guard evaluates V itself: a
-                # lax.cond between the two would hide that evaluation from
-                # the sharing on the other k - 1 steps.)
-                cap = new_states[0]
-                kwargs = {**kwargs, VALUE_BEFORE: (cap.value, cap.value_known)}
-            kwargs = {**kwargs, _line.FACTORS: factors}
-            if isinstance(stage_state, ScaleByCurvatureState):
-                kwargs[_line.PRESCALED] = True  # the proposal, scaled
-            if isinstance(stage_state, optax.EmptyState):
-                pass  # a stage that is off (optax.identity)
-            elif guard:
-                updates, stage_state = stage.update(
-                    updates, stage_state, params, **kwargs
-                )
-                factors = ()
-            else:
-                # A cap's output is scale_updates(its step, its scale): it is
-                # applied lazily, as a factor.
-                _, stage_state = stage.update(updates, stage_state, params, **kwargs)
-                factors = (*factors, stage_state.scale)
-            if isinstance(stage_state, ScaleByCurvatureState):
-                slope = stage_state.slope  # g.u along the capped step
-            elif slope is not None and hasattr(stage_state, "scale"):
-                slope = slope * stage_state.scale.astype(slope.dtype)  # a cap's factor
+        for stage, stage_state in zip(chain, state[1:], strict=True):
+            line, stage_state = stage.step(line, stage_state, problem)
             new_states.append(stage_state)
-        return _line.scaled(updates, factors), StabilizeState(inner_state, *new_states)
+        return line.step(), StabilizeState(proposal.state, *new_states)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
