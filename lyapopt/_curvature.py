@@ -222,17 +222,21 @@ class CurvatureCap:
             v, slope, curv = _line.unit_derivatives(_WHERE, value_fn, params, d, dtype)
             return v.astype(dtype), slope, curv
 
+        # The loss's dtype, which measure()'s derivatives have: reuse() must
+        # return the same types under lax.cond.
+        work = jnp.promote_types(dtype, problem.loss_dtype)
+
         def reuse() -> tuple[jax.Array, jax.Array, jax.Array]:
             slope = _stage.grad_dot(
                 _WHERE,
                 line,
                 problem,
-                dtype,
+                work,
                 direction=lambda: d,
                 per_unit=True,
                 norm=d.norm,
             )
-            return jnp.full([], jnp.nan, dtype), slope, state.curvature
+            return jnp.full([], jnp.nan, dtype), slope, state.curvature.astype(work)
 
         if self.every_step:
             measured = jnp.asarray(True)

@@ -278,6 +278,9 @@ def stabilize(
     inner = _keep_dtypes(tx)
     chain = stages(options)
     needs_value_fn = any(stage.needs_value_fn for stage in chain)
+    # With every stage off (a direction inside `optax.multi_transform`, say)
+    # `value_fn` is not used, nor checked.
+    uses_value_fn = any(not isinstance(stage, _stage.Off) for stage in chain)
     # With the curvature measured at every step, g.u comes from the cap's
     # pass: a dot product with the gradient would hold the gradient beside
     # the update.
@@ -307,7 +310,7 @@ def stabilize(
             "stabilize",
             updates,
             params,
-            value_fn=extra_args.get("value_fn"),
+            value_fn=extra_args.get("value_fn") if uses_value_fn else None,
             grad=grad,
             value=extra_args.get("value"),
             extra_args={

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 import optax
+from jax.extend import core as jex_core
 
 from lyapopt import _line
 from lyapopt._checks import check_like_params, require_params, require_value_fn
@@ -317,8 +318,10 @@ def _reduced_over(jaxpr: Any, axes: set[str]) -> bool:
     producers = {id(v): eqn for eqn in jaxpr.eqns for v in eqn.outvars}
 
     def common(var: Any, depth: int = 0) -> bool:
-        if not hasattr(var, "count") or depth > 32:  # a literal
-            return depth <= 32
+        if isinstance(var, jex_core.Literal):
+            return True
+        if depth > 32:
+            return False
         eqn = producers.get(id(var))
         if eqn is None:  # an input: per replica
             return False

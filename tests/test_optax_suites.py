@@ -316,3 +316,38 @@ def test_explicit_dtype(params_dtype: Any, state_dtype: Any, opt_name: str) -> N
         else jax.dtypes.canonicalize_dtype(state_dtype)
     )
     assert optax.tree.get(state, attribute_name).dtype == expected
+
+
+STAGES = {
+    "scale_by_curvature": lambda: lyapopt.scale_by_curvature(),
+    "scale_by_curvature_every2": lambda: lyapopt.scale_by_curvature(curvature_every=2),
+    "scale_by_level": lambda: lyapopt.scale_by_level(0.0),
+    "lyapunov_guard": lambda: lyapopt.lyapunov_guard(),
+    "stabilize": lambda: lyapopt.stabilize(optax.sgd(0.1)),
+}
+FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("loss_dtype", FLOATS, ids=lambda d: jnp.dtype(d).name)
+def test_linesearch_dtype_stability(name: str, dtype: Any, loss_dtype: Any) -> None:
+    # optax's linesearch_test.test_dtype_stability with lyapopt's stages in
+    # place of the line search: under lax.cond the updated state must have
+    # init's dtypes, whatever the loss's dtype (0.2's curvature cap returned
+    # float64 `s_star` and `scale` for a float64 loss).
+    with jax.enable_x64(True):
+        opt = STAGES[name]()
+        x = jnp.array([1.0, 2.0], dtype=dtype)
+        state = opt.init(x)
+
+        def value_fn(x):
+            return jnp.sum(x.astype(jnp.float32) ** 2).astype(loss_dtype)
+
+        cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+        jax.lax.cond(
+            cond,
+            lambda x: opt.update(x, state, x, value=1.0, grad=x, value_fn=value_fn)[1],
+            lambda x: state,
+            x,
+        )
