@@ -19,26 +19,41 @@ _WHERE = "scale_by_curvature"
 
 
 class ScaleByCurvatureState(NamedTuple):
-    """State of :func:`scale_by_curvature`."""
+    """State of :func:`scale_by_curvature`.
 
-    count: jax.Array  # int32, steps taken (saturating)
-    s_star: jax.Array  # -g.u / u.Hu at the last finite step; +inf when no bound
-    scale: jax.Array  # the factor applied to the updates at the last step
-    curvature: jax.Array  # u.Hu / u.u, last measured (reused between measures)
-    nonfinite: jax.Array  # int32, steps whose update or curvature was not finite
-    # int32, steps where g.u = u.Hu = 0 exactly for u != 0: value_fn did not
-    # see the parameters (a function that ignores its argument?)
+    Decisions (what the next step uses):
+
+    Attributes:
+      count: int32, steps taken (saturating); the curvature is measured
+        when ``count % curvature_every == 0``.
+      curvature: ``u.Hu / u.u``, last measured (reused between measures).
+      value: ``V(theta)``, the primal of this step's pass where
+        ``value_known``, else 0; :func:`lyapopt.stabilize`'s guard takes it
+        instead of evaluating ``value_fn(params)`` again.
+      value_known: bool, it was measured at this step, is finite, and the
+        parameters were not promoted.
+      slope: ``g.u`` along the step this cap returned (its scale applied; 0
+        when it returned none): the guard's slope, so the gradient need not
+        live beside the update.
+
+    Diagnostics (read by :func:`lyapopt.stats`):
+
+    Attributes:
+      s_star: ``-g.u / u.Hu`` at the last finite step; ``+inf`` with no bound.
+      scale: the factor applied to the updates at the last step.
+      nonfinite: int32, steps whose update or curvature was not finite.
+      detached: int32, steps where ``g.u = u.Hu = 0`` exactly for
+        ``u != 0``: ``value_fn`` did not see the parameters.
+    """
+
+    count: jax.Array
+    s_star: jax.Array
+    scale: jax.Array
+    curvature: jax.Array
+    nonfinite: jax.Array
     detached: jax.Array
-    # V(theta), the primal of the curvature's pass, where `value_known` (it
-    # was measured at this step, is finite, and the parameters were not
-    # promoted); 0 elsewhere. The guard in `stabilize` takes it instead of
-    # evaluating value_fn(params) again.
     value: jax.Array
-    value_known: jax.Array  # bool
-    # g.u along the step this cap returned (its scale applied; 0 when it
-    # returned none): `stabilize`'s guard takes it, where the cap measured,
-    # instead of a dot product with the gradient, so the gradient need not
-    # live beside the update.
+    value_known: jax.Array
     slope: jax.Array
 
 

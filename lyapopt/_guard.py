@@ -21,16 +21,29 @@ _INT32_MAX = int(jnp.iinfo(jnp.int32).max)
 
 
 class LyapunovGuardState(NamedTuple):
-    """State of :func:`lyapunov_guard`."""
+    """State of :func:`lyapunov_guard`: diagnostics only (the guard decides
+    every step afresh), read by :func:`lyapopt.stats`.
 
-    value_before: jax.Array  # V(theta), at the last step where it was finite
-    value_after: jax.Array  # V after the step taken, where it was finite
-    scale: jax.Array  # the factor applied to the proposed step (0 = no step)
-    backtracks: jax.Array  # int32, halvings used at the last step
-    violations: jax.Array  # int32, steps whose proposal raised V (saturating)
-    nonfinite: jax.Array  # int32, steps where V(theta) or the update was not finite
-    value_mismatches: jax.Array  # int32, steps where `value` != value_fn(params)
-    # int32, steps where g.u promised a decrease and V did not change at all
+    Attributes:
+      value_before: ``V(theta)``, at the last step where it was finite.
+      value_after: ``V`` after the step taken, where it was finite.
+      scale: the factor applied to the proposed step (0: no step).
+      backtracks: int32, halvings used at the last step.
+      violations: int32, steps whose proposal raised ``V`` (saturating).
+      nonfinite: int32, steps where ``V(theta)`` or the update was not finite.
+      value_mismatches: int32, steps where ``value`` was not
+        ``value_fn(params)``.
+      detached: int32, steps where ``g.u`` promised a decrease and ``V`` did
+        not change at all.
+    """
+
+    value_before: jax.Array
+    value_after: jax.Array
+    scale: jax.Array
+    backtracks: jax.Array
+    violations: jax.Array
+    nonfinite: jax.Array
+    value_mismatches: jax.Array
     detached: jax.Array
 
 
@@ -69,7 +82,9 @@ def _backtrack(
 
     The trial parameters are carried, and each halving is computed from
     them and ``theta`` (:func:`lyapopt._line.halfway`): XLA writes them over
-    themselves, and the proposed update is not kept beside them.
+    themselves, and the proposed update is not kept beside them (protected
+    by ``tests/test_memory.py``'s bound on the extra buffers, and by
+    ``tests/test_guard.py::test_the_update_returned_lands_on_the_parameters_judged_to_the_bit``).
     """
     one = jnp.ones([], after.dtype)
 

@@ -16,11 +16,16 @@ _WHERE = "scale_by_level"
 
 
 class ScaleByLevelState(NamedTuple):
-    """State of :func:`scale_by_level`."""
+    """State of :func:`scale_by_level`: diagnostics only.
 
-    # (V - level) / (-g.u) at the last finite step; +inf where there is no bound.
+    Attributes:
+      s_level: ``(V - level) / (-g.u)`` at the last finite step; ``+inf``
+        where there is no bound.
+      scale: the factor applied to the updates at the last step.
+    """
+
     s_level: jax.Array
-    scale: jax.Array  # the factor applied to the updates at the last step
+    scale: jax.Array
 
 
 def scale_by_level(

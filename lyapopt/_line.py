@@ -32,17 +32,6 @@ ValueFn = Callable[..., Any]
 # The extra arguments that optax gives a meaning; every other one is meant
 # for `value_fn` (as in optax.scale_by_backtracking_linesearch).
 OPTAX_EXTRA_ARGS = ("value", "grad", "value_fn")
-# Private keywords by which `stabilize` talks to its stages (no optax
-# transform or user passes them). SLOPE: g.u for the update a stage receives,
-# computed right after the inner optimizer's step, so the gradient need not
-# live until the stages. FACTORS: the factors of the caps before a stage,
-# when the updates it receives are the proposal before those caps; the stage
-# applies them where it uses the step (`scaled_by`), so the capped
-# step is never a second tree beside the proposal. PRESCALED: the proposal's
-# largest entry is within [2^-24, 2^24] (see `prescaled`).
-SLOPE = "_lyapopt_slope"
-FACTORS = "_lyapopt_factors"
-PRESCALED = "_lyapopt_prescaled"
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:
@@ -460,6 +449,9 @@ def _exact_step(trial: jax.Array, param: jax.Array, like: jax.Array) -> jax.Arra
     ``trial - param``, then, where ``optax.apply_updates`` would not round
     ``param`` plus it back to ``trial`` (at a power of two, where the
     spacing of floats changes), its neighbour on the side of ``trial``.
+    Protected by ``tests/test_guard.py::
+    test_the_update_returned_lands_on_the_parameters_judged_to_the_bit``,
+    which also checks that the plain difference misses somewhere.
     """
     dtype = jnp.dtype(like.dtype)
     if not jnp.issubdtype(dtype, jnp.inexact):

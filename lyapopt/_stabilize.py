@@ -139,7 +139,12 @@ def _propose(
 def _run_if(flag: jax.Array, body: Any, operand: Any) -> Any:
     """``body(operand)`` where ``flag``, else ``operand``: a ``lax.while_loop``
     of at most one pass, whose carry XLA updates in place (a ``lax.cond``
-    keeps its operand and its result apart)."""
+    keeps its operand and its result apart).
+
+    Protected by ``tests/test_memory.py``
+    (``test_extra_parameter_sized_buffers_over_the_wrapped_optimizer`` and the
+    phases table's row for the proposal alone).
+    """
 
     def once(carry: tuple) -> tuple:
         return body(carry[0]), jnp.zeros_like(flag)
