@@ -92,7 +92,7 @@ def test_the_report_rebuilds_from_the_json_alone(quick: tuple, tmp_path: Path) -
             str(md),
         ]
     )
-    assert rebuilt["targets"] == results["targets"]
+    assert rebuilt["suite"]["targets"] == results["targets"]
     text = md.read_text()
     assert (
         "STALE TABLES" not in text and "mine" in text
