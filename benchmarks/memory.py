@@ -78,28 +78,44 @@ Update = Callable[..., tuple[Any, Any]]  # (grads, state, params, value, value_f
 
 
 def compiled_step(
-    tx: optax.GradientTransformation, params: Any, update: Update | None = None
+    tx: optax.GradientTransformation,
+    params: Any,
+    update: Update | None = None,
+    *,
+    loss: Callable[[Any, jax.Array, jax.Array], jax.Array] = loss_fn,
+    batch: tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct] | None = None,
+    extras: tuple[str, ...] = ("value", "value_fn"),
+    compiler_options: dict[str, Any] | None = None,
 ) -> Any:
     """The donated, jitted training step, compiled for ``params``' shapes.
 
-    ``update`` replaces ``tx.update`` (called as ``update(grads, state,
-    params, value, value_fn)``) to measure a piece of a step.
+    ``step(params, state, x, y) -> (params, state, loss)`` minimises
+    ``loss(params, x, y)`` on a ``batch`` of the given shapes (default: the
+    MLP's); the compiled step can be called on arrays of those shapes.
+    ``tx.update`` receives the extra arguments named in ``extras``, of
+    ``value``, ``value_fn`` and ``grad``. ``update`` replaces it (called as
+    ``update(grads, state, params, value, value_fn)``) to measure a piece
+    of a step. ``compiler_options`` go to XLA (``Lowered.compile``).
     """
 
     def default(g: Any, s: Any, p: Any, value: Any, value_fn: Any) -> tuple:
-        return tx.update(g, s, p, value=value, value_fn=value_fn)
+        offered = {"value": value, "value_fn": value_fn, "grad": g}
+        return tx.update(g, s, p, **{k: offered[k] for k in extras})
 
     update = update or default
 
     def step(p: Any, s: Any, x: jax.Array, y: jax.Array) -> tuple:
-        value, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, s = update(grads, s, p, value, lambda q: loss_fn(q, x, y))
+        value, grads = jax.value_and_grad(loss)(p, x, y)
+        updates, s = update(grads, s, p, value, lambda q: loss(q, x, y))
         return optax.apply_updates(p, updates), s, value
 
     state = jax.eval_shape(tx.init, params)
-    x = jax.ShapeDtypeStruct((ROWS, INPUTS), jnp.float32)
-    y = jax.ShapeDtypeStruct((ROWS,), jnp.int32)
-    return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, x, y).compile()
+    x, y = batch or (
+        jax.ShapeDtypeStruct((ROWS, INPUTS), jnp.float32),
+        jax.ShapeDtypeStruct((ROWS,), jnp.int32),
+    )
+    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, x, y)
+    return lowered.compile(compiler_options)
 
 
 def peak_bytes(compiled: Any) -> int:

@@ -45,7 +45,9 @@ class Optimizer:
         return self.default_lr is not None
 
 
-_LYAPOPT_EXTRAS = ("value", "value_fn")
+# The extra arguments of lyapopt's optimizers (and of `stabilize`), for every
+# benchmark: the loss at the parameters, and the loss as a function of them.
+LYAPOPT_EXTRAS = ("value", "value_fn")
 
 
 def _peers() -> tuple[Optimizer, ...]:
@@ -95,25 +97,25 @@ def _ours() -> tuple[Optimizer, ...]:
         Optimizer(
             "lyapunov_sgd",
             lambda lr, n: lyapopt.lyapunov_sgd(lr),
-            _LYAPOPT_EXTRAS,
+            LYAPOPT_EXTRAS,
             sgd_lr,
         ),
         Optimizer(
             "lyapunov_sgd/every10",
             lambda lr, n: lyapopt.lyapunov_sgd(lr, curvature_every=10),
-            _LYAPOPT_EXTRAS,
+            LYAPOPT_EXTRAS,
             sgd_lr,
         ),
         Optimizer(
             "lyapunov_adam",
             lambda lr, n: lyapopt.lyapunov_adam(lr),
-            _LYAPOPT_EXTRAS,
+            LYAPOPT_EXTRAS,
             adam_lr,
         ),
         Optimizer(
             "lyapunov_adam/every10",
             lambda lr, n: lyapopt.lyapunov_adam(lr, curvature_every=10),
-            _LYAPOPT_EXTRAS,
+            LYAPOPT_EXTRAS,
             adam_lr,
         ),
     )

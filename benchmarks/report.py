@@ -7,12 +7,14 @@ saved ``results.json`` without training anything.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.figures import line_styles, pyplot, relative
+from benchmarks.markdown import fmt, table
 
 BEGIN = "<!-- BEGIN GENERATED: `python -m benchmarks` rewrites this part -->"
 END = "<!-- END GENERATED -->"
@@ -124,24 +126,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # --- Markdown ------------------------------------------------------------------
 
 
-def _fmt(x: float | None, spec: str = ".4g") -> str:
-    if x is None:
-        return "—"
-    if not math.isfinite(x):
-        return "nan" if math.isnan(x) else "inf"
-    return format(x, spec)
-
-
-def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
-    align = align or "l" + "r" * (len(header) - 1)
-    marks = {"l": "---", "r": "---:"}
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(marks[a] for a in align) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def _cost_tables(name: str, task: dict[str, Any]) -> list[str]:
     per_step, r = task["cost"]["per_step"], ratios(task)
     rows = [
@@ -154,7 +138,7 @@ def _cost_tables(name: str, task: dict[str, Any]) -> list[str]:
         for entry, t in per_step.items()
     ]
     lines = [f"**{name}** ({task['title']})", ""]
-    lines += _table(
+    lines += table(
         ["step", "ms per step, median [IQR]", "x optax.sgd", "x optax.adam"], rows
     )
     d = task["cost"]["derivatives"]
@@ -164,7 +148,7 @@ def _cost_tables(name: str, task: dict[str, Any]) -> list[str]:
     ]
     fof = d["g.u and u.Hu (forward-over-forward)"]["median"]
     hvp = d["full HVP (forward-over-reverse)"]["median"]
-    lines += ["", *_table(["one batch", "ms", "x value_and_grad"], rows)]
+    lines += ["", *table(["one batch", "ms", "x value_and_grad"], rows)]
     lines += ["", f"Forward-over-forward costs {fof / hvp:.2f}x a full HVP.", ""]
     return lines
 
@@ -182,17 +166,17 @@ def _quality_table(task: dict[str, Any]) -> list[str]:
             [
                 f"`{name}`",
                 f"{lr:g} ({'default' if _ours(name) else 'tuned'})",
-                f"{_fmt(q['final_train_loss']['mean'])} ± "
-                f"{_fmt(q['final_train_loss']['std'], '.2g')}",
-                f"{_fmt(scale * m['mean'], '.2f')} ± {_fmt(scale * m['std'], '.2f')} "
-                f"[{_fmt(scale * m['min'], '.2f')}-{_fmt(scale * m['max'], '.2f')}]",
-                f"{_fmt(q['median_steps_to_target'], '.0f')} "
+                f"{fmt(q['final_train_loss']['mean'])} ± "
+                f"{fmt(q['final_train_loss']['std'], '.2g')}",
+                f"{fmt(scale * m['mean'], '.2f')} ± {fmt(scale * m['std'], '.2f')} "
+                f"[{fmt(scale * m['min'], '.2f')}-{fmt(scale * m['max'], '.2f')}]",
+                f"{fmt(q['median_steps_to_target'], '.0f')} "
                 f"({q['seeds_reaching_target']}/{n_seeds})",
-                _fmt(q["seconds_to_target"], ".3g"),
+                fmt(q["seconds_to_target"], ".3g"),
             ]
         )
     target = f"{100 * task['target']:g}%" if acc else f"{task['target']:g} bits/byte"
-    return _table(
+    return table(
         [
             "optimizer",
             "learning rate",
@@ -205,7 +189,7 @@ def _quality_table(task: dict[str, Any]) -> list[str]:
     )
 
 
-def _sweep_table(task: dict[str, Any], fmt: Callable[[list[dict]], str]) -> list[str]:
+def _sweep_table(task: dict[str, Any], cell: Callable[[list[dict]], str]) -> list[str]:
     lrs = sorted(
         {run["learning_rate"] for runs in task["sweep"].values() for run in runs}
     )
@@ -214,15 +198,15 @@ def _sweep_table(task: dict[str, Any], fmt: Callable[[list[dict]], str]) -> list
         cells = []
         for lr in lrs:
             at = [r for r in runs if r["learning_rate"] == lr]
-            cells.append(fmt(at) if at else "")
+            cells.append(cell(at) if at else "")
         rows.append([f"`{name}`", *cells])
-    return _table(["optimizer", *(f"{lr:g}" for lr in lrs)], rows)
+    return table(["optimizer", *(f"{lr:g}" for lr in lrs)], rows)
 
 
 def _final_loss_cell(runs: list[dict[str, Any]]) -> str:
     loss = float(np.mean([r["final_train_loss"] for r in runs]))
     bad = sum(r["diverged"] for r in runs)
-    text = _fmt(loss, ".3g")
+    text = fmt(loss, ".3g")
     return f"**{text} ✗**" if bad else text
 
 
@@ -248,7 +232,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         "Sizes (chosen so that the whole suite fits in 30 minutes on 2 shared cores):",
         "",
-        *_table(
+        *table(
             [
                 "task",
                 "parameters",
@@ -277,11 +261,11 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         "## Targets",
         "",
-        *_table(
+        *table(
             ["target", "measured", "holds"],
             [
                 [t["target"], t["measured"], "**yes**" if t["holds"] else "**no**"]
-                for t in results["targets"]
+                for t in targets(results)
             ],
             "llr",
         ),
@@ -355,54 +339,13 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(text: str, generated: str, begin: str, end: str) -> str | None:
-    """``text`` with its part from ``begin`` to ``end`` replaced by ``generated``
-    (which carries both markers); ``None`` when ``text`` lacks a marker."""
-    if begin not in text or end not in text:
-        return None
-    head, rest = text.split(begin, 1)
-    return head + generated.rstrip("\n") + rest.split(end, 1)[1]
-
-
-def write_markdown(path: Path, generated: str, title: str) -> None:
-    """Replaces the generated part of ``path``, keeping the hand-written rest."""
-    if path.exists():
-        text = replace_section(path.read_text(), generated, BEGIN, END)
-        if text is not None:
-            path.write_text(text)
-            return
-    path.write_text(f"# {title}\n\n{generated}\n## Analysis\n\n(to be written)\n")
-
-
 # --- plots -------------------------------------------------------------------
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _style(names: list[str]) -> dict[str, dict[str, Any]]:
-    plt = _pyplot()
-    colors = plt.get_cmap("tab20").colors
-    return {
-        name: {
-            "color": colors[i % len(colors)],
-            "linestyle": "-" if _ours(name) else "--",
-            "linewidth": 2.2 if _ours(name) else 1.2,
-        }
-        for i, name in enumerate(names)
-    }
 
 
 def plot_curves(task: dict[str, Any], name: str, path: Path) -> None:
     """Train loss against step at the chosen rates: mean, and min-max band."""
-    plt = _pyplot()
-    style = _style(list(task["quality"]))
+    plt = pyplot()
+    style = line_styles(list(task["quality"]), _ours)
     fig, ax = plt.subplots(figsize=(8, 5))
     for opt, q in task["quality"].items():
         runs = q["runs"]
@@ -434,8 +377,8 @@ def plot_curves(task: dict[str, Any], name: str, path: Path) -> None:
 def plot_sweep(task: dict[str, Any], name: str, path: Path) -> None:
     """Final train loss against learning rate, one line per optimizer;
     diverged runs marked with a cross, non-finite ones drawn at the top."""
-    plt = _pyplot()
-    style = _style(list(task["sweep"]))
+    plt = pyplot()
+    style = line_styles(list(task["sweep"]), _ours)
     finite = [
         r["final_train_loss"]
         for runs in task["sweep"].values()
@@ -470,7 +413,7 @@ def plot_sweep(task: dict[str, Any], name: str, path: Path) -> None:
 
 def plot_cost(results: dict[str, Any], path: Path) -> None:
     """Bars: each timed step over optax.sgd's and optax.adam's, per task."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks = results["tasks"]
     cols = min(2, len(tasks))
     rows = -(-len(tasks) // cols)
@@ -508,12 +451,8 @@ def plot_all(results: dict[str, Any], out: Path, rel: Path) -> dict[str, Any]:
         for kind, fn in (("curves", plot_curves), ("sweep", plot_sweep)):
             p = out / f"{kind}_{name}.png"
             fn(task, name, p)
-            paths[kind][name] = _relative(p, rel)
+            paths[kind][name] = relative(p, rel)
     p = out / "cost_per_step.png"
     plot_cost(results, p)
-    paths["cost"] = _relative(p, rel)
+    paths["cost"] = relative(p, rel)
     return paths
-
-
-def _relative(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()

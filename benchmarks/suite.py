@@ -14,6 +14,10 @@ For every task, in this order:
 4. **cost**: the seconds per step of every optimizer at its chosen rate and
    of the pieces of lyapopt's step, interleaved (:func:`train.time_steps`),
    and of the line derivatives against a full HVP.
+
+Its goals (the issue's targets), Markdown and plots are in
+:mod:`benchmarks.report`; :data:`STUDY` is the suite as the command line
+runs it, its tasks being the parts ``--tasks`` selects.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks import report
 from benchmarks.optimizers import COMPONENTS, LEARNING_RATES, OPTIMIZERS, Optimizer
-from benchmarks.tasks import Task
+from benchmarks.study import Goal, Study
+from benchmarks.tasks import TASKS, Task
 from benchmarks.train import Lane, Problem, Runner, time_derivatives, time_steps, train
 
 
@@ -195,3 +201,54 @@ def _quality(task: Task, lanes: list[Lane], step_seconds: float) -> dict[str, An
         # At the measured median seconds per step of one run (see cost).
         "seconds_to_target": None if median is None else median * step_seconds,
     }
+
+
+# --- the suite as a study -----------------------------------------------------
+
+# --quick: the full-batch task only, short, one seed for the sweep, two at
+# the chosen rates, few timing rounds. Every optimizer and every rate still
+# runs, so the JSON has the structure of the full suite.
+QUICK = {
+    "mlp_full": {"steps": 30, "sweep_seeds": 1, "quality_seeds": 2, "timing_rounds": 3}
+}
+
+
+def select_tasks(names: tuple[str, ...], quick: bool) -> tuple[Task, ...]:
+    """The tasks of ``names``, in that order; where ``quick``, those of
+    :data:`QUICK` only, shrunk."""
+    if quick:
+        return tuple(TASKS[n].shrunk(**QUICK[n]) for n in QUICK if n in names)
+    return tuple(TASKS[n] for n in names)
+
+
+def run(names: tuple[str, ...], quick: bool) -> dict[str, Any]:
+    """The suite on the tasks ``names``, with its targets, as JSON."""
+    settings = Settings(tasks=select_tasks(names, quick))
+    results: dict[str, Any] = {
+        "tasks": {task.name: run_task(task, settings) for task in settings.tasks}
+    }
+    results["targets"] = report.targets(results)
+    results["meta"] = {"learning_rates": list(settings.learning_rates)}
+    return results
+
+
+def goals(results: dict[str, Any]) -> list[Goal]:
+    """The issue's targets, judged anew from the JSON."""
+    return [
+        Goal(t["target"], t["measured"], t["holds"]) for t in report.targets(results)
+    ]
+
+
+STUDY = Study(
+    name="suite",
+    run=run,
+    goals=goals,
+    plot=report.plot_all,
+    markdown=report.markdown,
+    begin=report.BEGIN,
+    end=report.END,
+    parts=tuple(TASKS),
+    quick_parts=tuple(QUICK),
+    filename="results.json",
+    indent=1,
+)

@@ -148,7 +148,7 @@ def _windows(data: bytes, context: int, stride: int) -> tuple[np.ndarray, ...]:
     return w[:, :-1], w[:, 1:]
 
 
-def _stdlib_lm(context: int = 64, eval_windows: int = 128) -> Data:
+def stdlib_lm(context: int = 64, eval_windows: int = 128) -> Data:
     """Byte windows: every 16th start of the train bytes for training; a fixed
     sample of ``eval_windows`` disjoint validation windows (8 KiB) for bits per
     byte, and half as many train windows for the train loss."""
@@ -205,7 +205,7 @@ TASKS: dict[str, Task] = {
             name="transformer_lm",
             title="byte-level Transformer LM (2 layers, width 128, context 64), batch 8",
             make_model=lambda rngs: ByteTransformer(rngs=rngs),
-            load=_stdlib_lm,
+            load=stdlib_lm,
             metric="bits_per_byte",
             target=3.5,
             steps=120,

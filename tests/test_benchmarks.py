@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import cli, report
+from benchmarks import cli, markdown, report
 from benchmarks.optimizers import COMPONENTS, LEARNING_RATES, OPTIMIZERS
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -92,9 +92,33 @@ def test_the_report_rebuilds_from_the_json_alone(quick: tuple, tmp_path: Path) -
             str(md),
         ]
     )
-    assert rebuilt["targets"] == results["targets"]
+    assert rebuilt["suite"]["targets"] == results["targets"]
     text = md.read_text()
     assert (
         "STALE TABLES" not in text and "mine" in text
     )  # the hand-written part is kept
     assert "| mlp_full |" in text
+
+
+def test_every_study_is_registered_once_and_selected_by_its_parts() -> None:
+    names = [s.name for s in cli.STUDIES]
+    parts = [p for s in cli.STUDIES for p in s.parts]
+    files = [s.filename for s in cli.STUDIES]
+    assert len(set(names)) == len(names)
+    assert len(set(parts)) == len(parts)
+    assert len(set(files)) == len(files)
+    (suite, chosen), *rest = cli.selected(["transformer_lm", "mlp_full"], quick=False)
+    assert suite.name == "suite" and chosen == ("transformer_lm", "mlp_full")
+    assert rest == []
+    assert [(s.name, p) for s, p in cli.selected(parts, quick=True)] == [
+        (s.name, s.quick_parts) for s in cli.STUDIES
+    ]
+
+
+def test_a_section_is_appended_once_then_replaced_in_place(tmp_path: Path) -> None:
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# mine\n\nkeep\n")
+    begin, end = "<!-- B -->", "<!-- E -->"
+    markdown.write_section(md, f"{begin}\nfirst\n{end}\n", begin, end)
+    markdown.write_section(md, f"{begin}\nsecond\n{end}\n", begin, end)
+    assert md.read_text() == f"# mine\n\nkeep\n\n{begin}\nsecond\n{end}\n"

@@ -89,7 +89,7 @@ def test_every_peer_is_timed_and_the_goals_are_judged(quick: tuple) -> None:
     for t in study["per_step"].values():
         assert 0 < t["q1"] <= t["median"] <= t["q3"]
     goals = lm_spikes.goals(study)
-    assert [g["goal"][:2] for g in goals] == ["1.", "2.", "3.", "4."]
+    assert [g.goal[:2] for g in goals] == ["1.", "2.", "3.", "4."]
     s = lm_spikes.summary(study)
     assert s["peers"][lm_spikes.BASELINE]["cost_ratio"] == 1.0
 
