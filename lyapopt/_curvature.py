@@ -46,7 +46,7 @@ class ScaleByCurvatureState(NamedTuple):
         ``u != 0``: ``value_fn`` did not see the parameters.
     """
 
-    count: jax.Array
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     s_star: jax.Array
     scale: jax.Array
     curvature: jax.Array
@@ -90,7 +90,7 @@ def cap_scale(
 
 
 def scale_by_curvature(
-    safety: float | jax.Array = DEFAULTS.safety,
+    safety: float | jax.Array = DEFAULTS.safety,  # pyright: ignore[reportArgumentType]
     *,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
     max_scale: float | jax.Array = DEFAULTS.max_scale,
@@ -275,7 +275,7 @@ class CurvatureCap:
             debug=True,
         )
         new_state = ScaleByCurvatureState(
-            count=optax.safe_increment(state.count),
+            count=jnp.asarray(optax.safe_increment(state.count)),
             s_star=jnp.where(finite, s_star, state.s_star).astype(dtype),
             scale=scale.astype(dtype),
             curvature=jnp.where(keep, curv, state.curvature).astype(dtype),

@@ -307,7 +307,11 @@ class Guard:
         """What every mode needs to judge the line's step."""
         value_fn, params = problem.value_fn, problem.params
         assert value_fn is not None  # needs_value_fn: `start` made sure
-        known = None if line.value is None else (line.value, line.value_known)
+        known = (
+            None
+            if line.value is None or line.value_known is None
+            else (line.value, line.value_known)
+        )
         before = _value_before(value_fn, params, dtype, known, problem.loss_dtype)
         work = before.dtype
         norm = line.norm(work)

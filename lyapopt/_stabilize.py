@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -300,10 +300,11 @@ def stabilize(
 
     def update_fn(
         updates: optax.Updates,
-        state: StabilizeState,
+        state: optax.OptState,
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, StabilizeState]:
+        state = cast(StabilizeState, state)
         # The stages' g.u is a dot product with the gradient of value_fn's loss:
         # the raw gradient, unless a transform before this one changed it
         # (a clip, weight decay); then the caller passes it as `grad`.

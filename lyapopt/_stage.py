@@ -122,8 +122,15 @@ class Problem(NamedTuple):
 class Stage(Protocol):
     """A step-size or acceptance rule, as :func:`lyapopt.stabilize` runs it."""
 
-    where: str  # the public name, for error messages
-    needs_value_fn: bool  # whether `step` always evaluates value_fn
+    @property
+    def where(self) -> str:
+        """The public name, for error messages."""
+        ...
+
+    @property
+    def needs_value_fn(self) -> bool:
+        """Whether ``step`` always evaluates ``value_fn``."""
+        ...
 
     def init(self, params: optax.Params) -> Any:
         """The stage's state (a ``NamedTuple``)."""
