@@ -64,3 +64,76 @@ def test_adagc_leaves_a_nonfinite_tensor_and_its_ema_alone() -> None:
 def test_adagc_rejects_bad_arguments(kw) -> None:
     with pytest.raises(ValueError):
         adagc(**kw)
+
+
+# --- the study -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_study():
+    from benchmarks import lm_instability
+
+    return lm_instability.run_study(lm_instability.QUICK)
+
+
+def test_quick_study_runs_every_peer_over_the_grid(quick_study) -> None:
+    from benchmarks import lm_instability
+
+    t = quick_study["triggers"]["quick"]
+    assert set(t["runs"]) == set(lm_instability.QUICK.peers)
+    assert set(lm_instability.QUICK.peers) <= {p.name for p in lm_instability.peers()}
+    assert next(iter(t["runs"])) == lm_instability.RECIPE
+    for runs in t["runs"].values():
+        assert len(runs) == len(t["rates"]) == lm_instability.QUICK.grid_points
+    assert t["rates"][-1] == pytest.approx(lm_instability.TRIGGERS["quick"].lr)
+    assert set(quick_study["cost"]["quick"]) == set(t["runs"])
+
+
+def test_quick_study_reads_the_guard_at_the_bad_batch(quick_study) -> None:
+    from benchmarks.lm_instability import RECOMMENDED
+
+    run = quick_study["triggers"]["quick"]["runs"][RECOMMENDED][-1]
+    (bad,) = run["bad_batches"]
+    assert bad["step"] == 40 and bad["kind"] == "repeat"
+    assert 0.0 <= bad["guard_scale"] <= 1.0
+    # The repeated-byte batch's loss is far above a clean batch's.
+    assert bad["loss_on_bad_batch"] > 1.5 * run["batch_loss"][39]
+
+
+def test_quick_study_report_and_figures(quick_study, tmp_path) -> None:
+    from benchmarks import lm_instability
+
+    plots = lm_instability.plot(quick_study, tmp_path, tmp_path)
+    text = lm_instability.markdown(quick_study, {"quick": True}, plots)
+    assert text.startswith(lm_instability.BEGIN) and text.rstrip().endswith(
+        lm_instability.END
+    )
+    assert all((tmp_path / p).exists() for p in plots.values())
+    assert [g["goal"][:2] for g in lm_instability.goals(quick_study)] == [
+        "1.",
+        "2.",
+        "3.",
+        "4.",
+    ]
+
+
+def test_sensitivity_counts_a_diverged_run_at_the_initial_loss() -> None:
+    from benchmarks.lm_instability import sensitivity
+
+    # Grid finals 2, 3 and a diverged run (NaN) -> 8 (the initial): best 2.
+    assert sensitivity([2.0, 3.0, float("nan")], 8.0) == pytest.approx((0 + 1 + 6) / 3)
+    assert sensitivity([2.0, 9.0], 8.0) == pytest.approx(3.0)
+
+
+def test_spike_events_and_recovery() -> None:
+    from benchmarks.lm_instability.runs import events, recovery, spike_steps
+
+    loss = np.full(200, 2.0)
+    loss[100:103] = 5.0  # one event of three spike steps
+    loss[103:110] = 3.0  # then 7 steps above the level
+    steps = spike_steps(loss)
+    assert steps == [100, 101, 102]  # 3.0 is not above 1.5 x 2.0
+    assert events(steps) == [100]
+    # The median of 10 losses (the mean of the 5th and 6th) is back at 2.0
+    # once 6 of them are 2.0: the window starting at 106.
+    assert recovery(loss, 100) == 6
