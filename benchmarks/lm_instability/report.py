@@ -25,6 +25,36 @@ def _at_rate(t: dict[str, Any], name: str) -> dict[str, Any]:
     return t["runs"][name][-1]
 
 
+def clean_curve(run: dict[str, Any], bad: list) -> np.ndarray:
+    """A run's batch losses with the bad batches' own losses as NaN."""
+    loss = np.asarray(run["batch_loss"], np.float64).copy()
+    for step, _ in bad:
+        if step < len(loss):
+            loss[step] = np.nan
+    return loss
+
+
+def above_initial(run: dict[str, Any], bad: list) -> int:
+    """Steps (after the first 10) whose batch loss is above the first step's
+    or not finite, the bad batches' own excepted: blow-ups that the spike
+    rule misses in its first 50 steps, or once its median has caught up."""
+    loss = np.asarray(run["batch_loss"], np.float64)
+    skip = {s for s, _ in bad}
+    return int(
+        sum(
+            1
+            for t in range(10, len(loss))
+            if t not in skip and not (loss[t] <= loss[0])
+        )
+    )
+
+
+def burst_starts(bad: list) -> set[int]:
+    """The first step of each run of consecutive bad steps."""
+    steps = {s for s, _ in bad}
+    return {s for s in steps if s - 1 not in steps}
+
+
 def unstable(t: dict[str, Any]) -> bool:
     """Whether the recipe spikes (>= 5) or diverges at the trigger's rate."""
     r = _at_rate(t, RECIPE)
@@ -58,8 +88,11 @@ def goals(study: dict[str, Any]) -> list[dict[str, Any]]:
         sens_rows.append(f"{k}: " + ", ".join(f"{n} {v:.3f}" for n, v in s.items()))
     bad_rows = []
     for k, t in trig.items():
+        starts = burst_starts(t["trigger"]["bad"])
         for n in (RECIPE, *ours):
             for b in _at_rate(t, n)["bad_batches"]:
+                if b["step"] not in starts:
+                    continue
                 cell = f"{k}/{n} step {b['step']} ({b['kind']}): next-5 x{b['next_5_max_ratio']:.2f}"
                 if "guard_scale" in b:
                     cell += f", guard scale {b['guard_scale']:g}"
@@ -116,7 +149,9 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
         "50 (lm_spikes' rule), a bad batch's own loss excluded. Diverged: the "
         "parameters turned non-finite, or the final train loss is above the "
         "initial. Recovery: steps until the median of 10 batch losses is back at "
-        "the pre-spike median. Sensitivity (Wortsman et al. 2023): the mean over "
+        "the pre-spike median. Steps above the initial loss: blow-ups that the "
+        "spike rule misses (it needs 50 steps of history, and its median "
+        "follows a long blow-up). Sensitivity (Wortsman et al. 2023): the mean over "
         "the rate grid of the final bits/byte (a diverged run at the initial) "
         "minus the best.",
         "",
@@ -146,6 +181,7 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
                 [
                     f"`{n}`",
                     f"{r['spikes']} ({len(r['events'])})",
+                    str(above_initial(r, tr["bad"])),
                     "yes" if r["diverged"] else "no",
                     _f(r["final_bpb"]),
                     (f"{np.median(rec):.0f}" if rec else "—")
@@ -159,6 +195,7 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
             [
                 "peer",
                 "spikes (events)",
+                "steps above the initial loss",
                 "diverged",
                 "final bits/byte",
                 "recovery, median steps (recovered)",
@@ -167,7 +204,7 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
                 "sensitivity",
             ],
             rows,
-            "lrrrrrrr",
+            "lrrrrrrrr",
         )
         lines.append("")
     lines += ["**Goals**", ""]
@@ -209,19 +246,21 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     for k, t in trig.items():
         fig, ax = plt.subplots(figsize=(9, 5))
         finite = []
+        bad = t["trigger"]["bad"]
         for n in names:
-            loss = np.asarray(t["runs"][n][-1]["batch_loss"], np.float64)
+            loss = clean_curve(t["runs"][n][-1], bad)
             finite += list(loss[np.isfinite(loss)])
             ax.plot(np.arange(len(loss)), loss, label=n, **style[n])
             ev = t["runs"][n][-1]["spike_steps"]
             ax.scatter(ev, loss[ev], s=8, color=style[n]["color"])
-        for s, _ in t["trigger"]["bad"]:
-            ax.axvline(s, color="gray", linewidth=0.5, linestyle=":")
+        for s in burst_starts(bad):
+            if s < len(loss):
+                ax.axvline(s, color="gray", linewidth=0.5, linestyle=":")
         if finite:
             ax.set_ylim(
                 0.8 * min(finite), min(max(finite), 3 * float(np.median(finite)))
             )
-        ax.set_xlabel("step (dotted: bad batches)")
+        ax.set_xlabel("step (dotted: bad batches, whose own losses are left out)")
         ax.set_ylabel("batch loss (nats; dots: spikes)")
         ax.set_title(
             f"{NAME} / {k}: every peer at rate {t['trigger']['lr']:g}", fontsize=10

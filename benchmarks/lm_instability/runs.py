@@ -24,7 +24,7 @@ from benchmarks.lm_spikes import SPIKE_WINDOW, spikes
 from benchmarks.spike_peers import skip_on_spike, spam, zclip
 
 Z_LOSS = 1e-4
-RECIPE = "adamw (no fixes)"
+RECIPE = "adamw (the setting's recipe)"
 ARCH = "adamw + qk-norm + z-loss"
 RECOMMENDED = "stabilize(recipe, curvature_every=50)"
 PROPOSAL = "skip_on_spike(stabilize(recipe))"

@@ -124,7 +124,7 @@ class Settings:
             # lyapopt's recommended configuration: each peer compiles once,
             # and the compilations are most of a quick study.
             peers=(
-                "adamw (no fixes)",
+                "adamw (the setting's recipe)",
                 "adamw + qk-norm + z-loss",
                 "adagc+adamw",
                 "stabilize(recipe, curvature_every=50)",
