@@ -26,6 +26,7 @@ def main() -> None:
     p.add_argument("--triggers", nargs="*", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--grid-points", type=int, default=None)
+    p.add_argument("--peers", nargs="*", default=None, help="peer names (default: all)")
     a = p.parse_args()
     out = a.out or Path("lm-instability-quick" if a.quick else "lm-instability")
     settings = study_mod.QUICK if a.quick else study_mod.Settings()
@@ -33,6 +34,7 @@ def main() -> None:
         "triggers": tuple(a.triggers) if a.triggers else None,
         "steps": a.steps,
         "grid_points": a.grid_points,
+        "peers": tuple(a.peers) if a.peers else None,
     }
     settings = replace(settings, **{k: v for k, v in over.items() if v is not None})
     start = time.perf_counter()

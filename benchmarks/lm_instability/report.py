@@ -89,13 +89,16 @@ def goals(study: dict[str, Any]) -> list[dict[str, Any]]:
     bad_rows = []
     for k, t in trig.items():
         starts = burst_starts(t["trigger"]["bad"])
-        for n in (RECIPE, *ours):
+        proposals = [n for n, f in fam.items() if f.startswith("proposal")]
+        for n in (RECIPE, *ours, *proposals):
             for b in _at_rate(t, n)["bad_batches"]:
                 if b["step"] not in starts:
                     continue
                 cell = f"{k}/{n} step {b['step']} ({b['kind']}): next-5 x{b['next_5_max_ratio']:.2f}"
                 if "guard_scale" in b:
                     cell += f", guard scale {b['guard_scale']:g}"
+                if "skipped" in b:
+                    cell += ", skipped" if b["skipped"] else ", not skipped"
                 bad_rows.append(cell)
     cost = study.get("cost", {})
     ratio = {

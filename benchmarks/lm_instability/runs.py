@@ -21,7 +21,7 @@ from benchmarks.adagc import adagc
 from benchmarks.lm_instability.model import LMProblem
 from benchmarks.lm_instability.settings import TRIGGERS, Settings, Trigger
 from benchmarks.lm_spikes import SPIKE_WINDOW, spikes
-from benchmarks.spike_peers import skip_on_spike, spam, zclip
+from benchmarks.spike_peers import SkipOnSpikeState, skip_on_spike, spam, zclip
 
 Z_LOSS = 1e-4
 RECIPE = "adamw (the setting's recipe)"
@@ -171,6 +171,8 @@ class Runner:
                 updates, state = tx.update(grads, state, params, **extra)
                 st = lyapopt.stats(state)
                 kept = {k: st[k].astype(jnp.float32) for k in GUARD_KEYS if k in st}
+                if isinstance(state, SkipOnSpikeState):
+                    kept["skipped"] = state.skipped.astype(jnp.float32)
                 return (optax.apply_updates(params, updates), state), (value, kept)
 
             (params, state), (values, kept) = jax.lax.scan(step, (params, state), idx)
@@ -319,7 +321,14 @@ def measure(run: dict[str, Any], trigger: Trigger, around: list[int]) -> dict:
                 }
             )
     out["bad_batches"] = bad_after
-    if guard:
+    if "skipped" in guard:
+        # skip_on_spike's running count: a rise at a step is a skipped step.
+        count = np.asarray(guard["skipped"])
+        skipped = np.diff(np.concatenate([[0.0], count])) > 0
+        out["skipped"] = int(np.sum(skipped))
+        for b in out["bad_batches"]:
+            b["skipped"] = bool(skipped[b["step"]])
+    if "guard_scale" in guard:
         scale = np.asarray(guard["guard_scale"])
         back = np.asarray(guard["backtracks"])
         n = len(scale)
