@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks.spike_peers import _check_count, _check_decay, _check_positive
+from benchmarks.spike_peers import check_count, check_decay, check_positive
 
 
 class AdaGCState(NamedTuple):
@@ -95,10 +95,10 @@ def adagc(
       Wang et al., `AdaGC: Improving Training Stability for Large Language
       Model Pretraining <https://arxiv.org/abs/2502.11034>`_, 2025
     """
-    _check_decay("beta", beta, "adagc")
-    _check_positive("lambda_rel", lambda_rel, "adagc")
-    _check_positive("lambda_abs", lambda_abs, "adagc")
-    _check_count("warmup_steps", warmup_steps, "adagc", 1)
+    check_decay("beta", beta, "adagc")
+    check_positive("lambda_rel", lambda_rel, "adagc")
+    check_positive("lambda_abs", lambda_abs, "adagc")
+    check_count("warmup_steps", warmup_steps, "adagc", 1)
 
     def init_fn(params: Any) -> AdaGCState:
         return AdaGCState(

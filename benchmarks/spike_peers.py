@@ -96,19 +96,26 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check_positive(name: str, value: float, where: str) -> None:
+# The checks of the factories' arguments (here and in ``benchmarks.adagc``):
+# each raises a ValueError that names the factory and the argument.
+
+
+def check_positive(name: str, value: float, where: str) -> None:
+    """``value`` is a finite real number above 0."""
     if not (_is_real(value) and math.isfinite(value) and value > 0):
         raise ValueError(
             f"{where}: `{name}` must be a finite number > 0, got {value!r}."
         )
 
 
-def _check_decay(name: str, value: float, where: str) -> None:
+def check_decay(name: str, value: float, where: str) -> None:
+    """``value`` is a real number in [0, 1) (a decay rate)."""
     if not (_is_real(value) and 0.0 <= value < 1.0):
         raise ValueError(f"{where}: `{name}` must be in [0, 1), got {value!r}.")
 
 
-def _check_count(name: str, value: int, where: str, lowest: int) -> None:
+def check_count(name: str, value: int, where: str, lowest: int) -> None:
+    """``value`` is an integer from ``lowest`` up that fits in int32."""
     if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
         raise ValueError(
             f"{where}: `{name}` must be an integer >= {lowest}, got {value!r}."
@@ -171,10 +178,10 @@ def zclip(
         Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
         <https://arxiv.org/abs/2504.02507>`_, 2025
     """
-    _check_decay("alpha", alpha, "zclip")
-    _check_positive("z_thresh", z_thresh, "zclip")
-    _check_count("warmup_steps", warmup_steps, "zclip", 1)
-    _check_positive("eps", eps, "zclip")
+    check_decay("alpha", alpha, "zclip")
+    check_positive("z_thresh", z_thresh, "zclip")
+    check_count("warmup_steps", warmup_steps, "zclip", 1)
+    check_positive("eps", eps, "zclip")
 
     def init_fn(params: Any) -> ZClipState:
         del params
@@ -289,15 +296,15 @@ def scale_by_spam(
         Huang et al., `SPAM: Spike-Aware Adam with Momentum Reset for Stable
         LLM Training <https://arxiv.org/abs/2501.06842>`_, ICLR 2025
     """
-    _check_decay("b1", b1, "scale_by_spam")
-    _check_decay("b2", b2, "scale_by_spam")
+    check_decay("b1", b1, "scale_by_spam")
+    check_decay("b2", b2, "scale_by_spam")
     if not (_is_real(eps) and math.isfinite(eps) and eps >= 0):
         raise ValueError(
             f"scale_by_spam: `eps` must be a finite number >= 0, got {eps!r}."
         )
-    _check_count("reset_interval", reset_interval, "scale_by_spam", 1)
-    _check_positive("spike_threshold", spike_threshold, "scale_by_spam")
-    _check_count("warmup_steps", warmup_steps, "scale_by_spam", 0)
+    check_count("reset_interval", reset_interval, "scale_by_spam", 1)
+    check_positive("spike_threshold", spike_threshold, "scale_by_spam")
+    check_count("warmup_steps", warmup_steps, "scale_by_spam", 0)
     warmup = _cosine_warmup(warmup_steps)
 
     def init_fn(params: Any) -> ScaleBySpamState:
@@ -448,8 +455,8 @@ def skip_on_spike(
         A :class:`optax.GradientTransformationExtraArgs` whose state is a
         :class:`SkipOnSpikeState`.
     """
-    _check_positive("factor", factor, "skip_on_spike")
-    _check_count("window", window, "skip_on_spike", 1)
+    check_positive("factor", factor, "skip_on_spike")
+    check_count("window", window, "skip_on_spike", 1)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: Any) -> SkipOnSpikeState:
