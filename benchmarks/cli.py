@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import lm_spikes, study, suite
+from benchmarks import lm_instability, lm_spikes, study, suite
 from benchmarks.study import Study
 
 HERE = Path(__file__).resolve().parent
@@ -22,7 +22,7 @@ DEFAULT_MD = HERE / "RESULTS.md"
 QUICK_OUT = Path("benchmarks-quick")
 
 # Run, and written into RESULTS.md, in this order.
-STUDIES: tuple[Study, ...] = (suite.STUDY, lm_spikes.STUDY)
+STUDIES: tuple[Study, ...] = (suite.STUDY, lm_spikes.STUDY, lm_instability.STUDY)
 
 
 def selected(names: list[str], quick: bool) -> list[tuple[Study, tuple[str, ...]]]:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
@@ -40,3 +42,19 @@ def line_styles(
 def relative(path: Path, start: Path) -> str:
     """``path`` relative to ``start`` (the report's folder), with ``/``."""
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def loss_limits(ax: Any, losses: list[float]) -> None:
+    """A loss axis from 0.8x the lowest of the finite ``losses`` to the
+    highest, but at most 3x their median: a blow-up leaves the rest legible."""
+    if losses:
+        ax.set_ylim(0.8 * min(losses), min(max(losses), 3 * float(np.median(losses))))
+
+
+def save(fig: Any, path: Path, rel: Path, dpi: int = 110) -> str:
+    """Lays ``fig`` out, writes it to ``path``, closes it; returns ``path``
+    relative to ``rel`` (the report's folder)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return relative(path, rel)

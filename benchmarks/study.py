@@ -47,11 +47,12 @@ Results = dict[str, Any]
 
 
 class Goal(NamedTuple):
-    """One goal of a study: what was measured, and whether it holds."""
+    """One goal of a study: what was measured, and whether it holds
+    (``None``: measured against no threshold)."""
 
     goal: str
     measured: str
-    holds: bool
+    holds: bool | None
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def run(study: Study, parts: tuple[str, ...], job: Job) -> Results | None:
     plots = study.plot(results, job.out, job.md.parent)
     write_section(job.md, study.markdown(results, plots), study.begin, study.end)
     for g in study.goals(results):
-        print(f"[{'holds' if g.holds else 'MISSED'}] {g.goal}: {g.measured}")
+        mark = {True: "holds", False: "MISSED", None: "measured"}[g.holds]
+        print(f"[{mark}] {g.goal}: {g.measured}")
     return results
 
 

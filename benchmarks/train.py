@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -104,15 +104,27 @@ class Problem:
         return {"train_loss": train_loss, "test_loss": test_loss, "metric": metric}
 
 
+# What a run keeps of the optimizer's state after every step: named numbers
+# (the guard's scale, a skip count), read inside the jitted step.
+Record = Callable[[Any], Arrays]
+
+
+def _nothing(state: Any) -> Arrays:
+    return {}
+
+
 class Runner:
     """An optimizer on a problem: ``init`` and ``run``, each jitted once.
 
     ``run(params, state, lr, idx)`` takes ``len(idx)`` steps in one
-    ``lax.scan`` and returns the new parameters and state and the batch loss
-    before each step.
+    ``lax.scan`` and returns the new parameters and state, the batch loss
+    before each step, and ``record(state)`` after each step, stacked over
+    the steps (``record`` reads nothing by default: an empty dict).
     """
 
-    def __init__(self, problem: Problem, opt: Optimizer) -> None:
+    def __init__(
+        self, problem: Problem, opt: Optimizer, record: Record = _nothing
+    ) -> None:
         self.problem, self.opt = problem, opt
         # The run's length only sets the decay of sgd+exponential_decay.
         total = problem.task.steps
@@ -123,12 +135,12 @@ class Runner:
 
         def run(
             data: Arrays, params: Params, state: Any, lr: LearningRate, idx: jax.Array
-        ) -> tuple[Params, Any, jax.Array]:
+        ) -> tuple[Params, Any, jax.Array, Arrays]:
             tx = opt.make(lr, total)
 
             def step(
                 carry: tuple[Params, Any], rows: jax.Array
-            ) -> tuple[Any, jax.Array]:
+            ) -> tuple[Any, tuple[jax.Array, Arrays]]:
                 params, state = carry
                 x, y = problem.batch(data, rows)
 
@@ -144,13 +156,15 @@ class Runner:
                 }
                 extra = {k: offered[k] for k in opt.extras}
                 updates, state = tx.update(grads, state, params, **extra)
-                return (optax.apply_updates(params, updates), state), value
+                params = optax.apply_updates(params, updates)
+                return (params, state), (value, record(state))
 
             if one_step:  # no loop at all: see the module's docstring
-                (params, state), value = step((params, state), idx[0])
-                return params, state, value[None]
-            (params, state), values = jax.lax.scan(step, (params, state), idx)
-            return params, state, values
+                (params, state), out = step((params, state), idx[0])
+                value, kept = jax.tree.map(lambda a: a[None], out)
+                return params, state, value, kept
+            (params, state), (values, kept) = jax.lax.scan(step, (params, state), idx)
+            return params, state, values, kept
 
         self._init = jax.jit(init)
         self._run = jax.jit(run)
@@ -169,14 +183,16 @@ class Runner:
 
     def run(
         self, params: Params, state: Any, lr: jax.Array, idx: np.ndarray
-    ) -> tuple[Params, Any, jax.Array]:
+    ) -> tuple[Params, Any, jax.Array, Arrays]:
         """``len(idx)`` steps, ``task.steps_per_call`` per call; waits for the result."""
-        values, chunk = [], self.problem.task.steps_per_call
+        values, kept, chunk = [], [], self.problem.task.steps_per_call
         for start in range(0, len(idx), chunk):
             rows = jnp.asarray(idx[start : start + chunk])
-            params, state, v = self._run(self.problem.data, params, state, lr, rows)
+            params, state, v, k = self._run(self.problem.data, params, state, lr, rows)
             values.append(v)
-        return params, state, jax.block_until_ready(jnp.concatenate(values))
+            kept.append(k)
+        kept = jax.tree.map(lambda *a: jnp.concatenate(a), *kept)
+        return params, state, *jax.block_until_ready((jnp.concatenate(values), kept))
 
 
 @dataclass
@@ -190,6 +206,8 @@ class Lane:
     test_loss: list[float]
     metric: list[float]
     batch_values: np.ndarray  # the batch loss before each step
+    # The runner's ``record`` after each step, by name (empty by default).
+    recorded: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def increases(self) -> int:
@@ -221,10 +239,12 @@ def train(
     idx = problem.indices(seed, steps)
     params, state, lr_arg = runner.init(seed, lr)
     evals, values, eval_steps = [runner.evaluate(params, state)], [], [0]
+    kept = []
     for start in range(0, steps, every):
         rows = idx[start : start + every]
-        params, state, v = runner.run(params, state, lr_arg, rows)
+        params, state, v, k = runner.run(params, state, lr_arg, rows)
         values.append(v)
+        kept.append(k)
         evals.append(runner.evaluate(params, state))
         eval_steps.append(start + len(rows))
         on_steps(len(rows))
@@ -237,6 +257,7 @@ def train(
         test_loss=[float(e["test_loss"]) for e in evals],
         metric=[float(e["metric"]) for e in evals],
         batch_values=np.asarray(jax.device_get(jnp.concatenate(values)), np.float64),
+        recorded=jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a), *kept)),
     )
 
 
@@ -273,7 +294,7 @@ def time_steps(
     def measure(name: str, rows: np.ndarray) -> float:
         params, state, lr = carries[name]
         start = time.perf_counter()
-        params, state, _ = entries[name][0].run(params, state, lr, rows)
+        params, state, _, _ = entries[name][0].run(params, state, lr, rows)
         carries[name] = (params, state, lr)
         return (time.perf_counter() - start) / len(rows)
 

@@ -10,43 +10,71 @@ byte, the steps to recover from each spike, and lyapopt's guard decisions
 around each spike and bad batch; per peer, Wortsman et al.'s learning-rate
 sensitivity over the grid; the cost per step, interleaved.
 
-Modules: :mod:`.settings` (what runs), :mod:`.model` (qk-layernorm, z-loss,
-bad batches), :mod:`.runs` (the peers, the loop, the measures),
-:mod:`.report` (goals, Markdown, figures), :mod:`.search` (the search for
-settings that spike; its log is ``benchmarks/notes/``).
+The modules, one idea each: :mod:`.settings` (what runs, and how long the
+study takes), :mod:`.model` (qk-layernorm, z-loss, bad batches),
+:mod:`.peers` (the optimizers), :mod:`.runs` (the runs and what is measured
+on them, as JSON), :mod:`.report` (goals, Markdown and figures from the
+JSON), :mod:`.search` (the search for settings that spike; its log is in
+``benchmarks/notes/``). :data:`STUDY` is the study as ``python -m benchmarks
+--tasks lm_instability`` runs it; ``python -m benchmarks.lm_instability``
+runs a part of it (some settings, peers, steps or rates).
 """
 
-from benchmarks.lm_instability.report import BEGIN, END, goals, markdown, plot, write
-from benchmarks.lm_instability.runs import (
+from __future__ import annotations
+
+from benchmarks.lm_instability.peers import (
     ARCH,
+    PEERS,
+    PROPOSAL,
     RECIPE,
     RECOMMENDED,
     Peer,
     peers,
-    run_study,
-    sensitivity,
 )
-from benchmarks.lm_instability.settings import NAME, TRIGGERS, Settings, Trigger
+from benchmarks.lm_instability.report import BEGIN, END, goals, markdown, plot
+from benchmarks.lm_instability.runs import run, sensitivity
+from benchmarks.lm_instability.settings import (
+    BURSTS,
+    NAME,
+    QUICK,
+    TRIGGERS,
+    Settings,
+    Trigger,
+    bursts,
+)
+from benchmarks.study import Study
 
-QUICK = Settings().quick()
+STUDY = Study(
+    name=NAME,
+    run=lambda parts, quick: run(QUICK if quick else Settings()),
+    goals=goals,
+    plot=plot,
+    markdown=markdown,
+    begin=BEGIN,
+    end=END,
+)
 
 __all__ = [
     "ARCH",
     "BEGIN",
+    "BURSTS",
     "END",
     "NAME",
+    "PEERS",
+    "PROPOSAL",
     "QUICK",
     "RECIPE",
     "RECOMMENDED",
+    "STUDY",
     "TRIGGERS",
     "Peer",
     "Settings",
     "Trigger",
+    "bursts",
     "goals",
     "markdown",
     "peers",
     "plot",
-    "run_study",
+    "run",
     "sensitivity",
-    "write",
 ]

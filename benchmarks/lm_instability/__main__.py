@@ -1,60 +1,55 @@
-"""Runs the study standalone.
+"""Runs a part of the study through the benchmarks' pipeline.
 
-    python -m benchmarks.lm_instability [--quick] [--out DIR]
+    python -m benchmarks.lm_instability [--quick] [--out DIR] [--triggers NAME ...]
+        [--peers NAME ...] [--steps N] [--grid-points N]
 
-Writes ``DIR/lm_instability.json``, the figures, and ``DIR/lm_instability.md``
-(the section the lead will place in RESULTS.md).
+Writes ``DIR/lm_instability.json``, the figures, and the study's section of
+``DIR/RESULTS.md``; the whole study at its defaults is
+``python -m benchmarks --tasks lm_instability``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks import lm_instability as study_mod
+from benchmarks import study
+from benchmarks.lm_instability import QUICK, STUDY, Settings, run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.lm_instability")
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="the smoke test's settings")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--triggers", nargs="*", default=None)
+    p.add_argument("--triggers", nargs="+", default=None, help="(default: all)")
+    p.add_argument("--peers", nargs="+", default=None, help="(default: all)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--grid-points", type=int, default=None)
-    p.add_argument("--peers", nargs="*", default=None, help="peer names (default: all)")
-    a = p.parse_args()
-    out = a.out or Path("lm-instability-quick" if a.quick else "lm-instability")
-    settings = study_mod.QUICK if a.quick else study_mod.Settings()
+    a = p.parse_args(argv)
     over = {
         "triggers": tuple(a.triggers) if a.triggers else None,
+        "peers": tuple(a.peers) if a.peers else None,
         "steps": a.steps,
         "grid_points": a.grid_points,
-        "peers": tuple(a.peers) if a.peers else None,
     }
-    settings = replace(settings, **{k: v for k, v in over.items() if v is not None})
-    start = time.perf_counter()
-    study = study_mod.run_study(settings)
-    meta = {
-        "command": shlex.join(
-            ["python", "-m", "benchmarks.lm_instability", *sys.argv[1:]]
-        ),
-        "wall_seconds": time.perf_counter() - start,
-        "quick": a.quick,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{study_mod.NAME}.json").write_text(json.dumps(study | {"meta": meta}))
-    plots = study_mod.plot(study, out, out)
-    study_mod.write(
-        out / f"{study_mod.NAME}.md", study_mod.markdown(study, meta, plots)
+    settings = replace(
+        QUICK if a.quick else Settings(),
+        **{k: v for k, v in over.items() if v is not None},
     )
-    for g in study_mod.goals(study):
-        mark = {True: "holds", False: "MISSED", None: "measured"}[g["holds"]]
-        print(f"[{mark}] {g['goal']}: {g['measured']}")
+    out = a.out or Path("lm-instability-quick" if a.quick else "lm-instability")
+    out.mkdir(parents=True, exist_ok=True)
+    words = sys.argv[1:] if argv is None else argv
+    job = study.Job(
+        out=out,
+        md=out / "RESULTS.md",
+        quick=a.quick,
+        command=shlex.join(["python", "-m", "benchmarks.lm_instability", *words]),
+    )
+    part = replace(STUDY, run=lambda parts, quick: run(settings))
+    study.run(part, part.parts, job)
 
 
 if __name__ == "__main__":

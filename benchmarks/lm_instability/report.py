@@ -1,4 +1,5 @@
-"""The report: the goals of issue 21 as measured, the Markdown section, the figures."""
+"""The report, from the JSON alone: the goals of issue 21 as measured, the
+Markdown section, the figures."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import report
-from benchmarks.lm_instability.runs import ARCH, RECIPE, RECOMMENDED
+from benchmarks.figures import line_styles, loss_limits, pyplot, save
+from benchmarks.lm_instability.peers import ARCH, RECIPE, RECOMMENDED
 from benchmarks.lm_instability.settings import NAME
+from benchmarks.markdown import fmt, table
+from benchmarks.study import Goal
 
 BEGIN = f"<!-- BEGIN GENERATED: `python -m benchmarks --tasks {NAME}` -->"
 END = f"<!-- END GENERATED: {NAME} -->"
+HOLDS = {True: "yes", False: "**no**", None: "measured"}
 
 
 def _f(x: float | None, spec: str = ".3f") -> str:
-    return report._fmt(x, spec)
+    return fmt(x, spec)
 
 
 def _at_rate(t: dict[str, Any], name: str) -> dict[str, Any]:
@@ -61,7 +65,7 @@ def unstable(t: dict[str, Any]) -> bool:
     return r["spikes"] >= 5 or r["diverged"]
 
 
-def goals(study: dict[str, Any]) -> list[dict[str, Any]]:
+def goals(study: dict[str, Any]) -> list[Goal]:
     """Issue 21's four goals: what was measured, and whether each holds."""
     fam = study["families"]
     ours = [n for n, f in fam.items() if f == "lyapopt"]
@@ -107,46 +111,47 @@ def goals(study: dict[str, Any]) -> list[dict[str, Any]]:
         if RECOMMENDED in c and RECIPE in c
     }
     return [
-        {
-            "goal": "1. lyapopt: 0 spikes, 0 divergences where the recipe spikes or diverges",
-            "measured": (
-                f"settings where the recipe spikes: {bad or 'none'}; "
-                + ", ".join(f"{n}: {v}" for n, v in calm.items())
-            ),
-            "holds": g1,
-        },
-        {
-            "goal": "2. lyapopt: lowest rate sensitivity of the optimizer-side fixes, <= the architectural fix",
-            "measured": "; ".join(sens_rows),
-            "holds": g2,
-        },
-        {
-            "goal": "3. bad data: what the guard does at a bad batch (measured, no threshold)",
-            "measured": "; ".join(bad_rows) or "no bad batches in these settings",
-            "holds": None,
-        },
-        {
-            "goal": "4. the recommended configuration's step <= 1.5x the recipe's",
-            "measured": ", ".join(f"{k}: {v:.2f}x" for k, v in ratio.items())
-            or "not timed",
-            "holds": bool(ratio) and all(v <= 1.5 for v in ratio.values()),
-        },
+        Goal(
+            "1. lyapopt: 0 spikes, 0 divergences where the recipe spikes or diverges",
+            f"settings where the recipe spikes: {bad or 'none'}; "
+            + ", ".join(f"{n}: {v}" for n, v in calm.items()),
+            g1,
+        ),
+        Goal(
+            "2. lyapopt: lowest rate sensitivity of the optimizer-side fixes, "
+            "<= the architectural fix",
+            "; ".join(sens_rows),
+            g2,
+        ),
+        Goal(
+            "3. bad data: what the guard does at a bad batch (measured, no threshold)",
+            "; ".join(bad_rows) or "no bad batches in these settings",
+            None,
+        ),
+        Goal(
+            "4. the recommended configuration's step <= 1.5x the recipe's",
+            ", ".join(f"{k}: {v:.2f}x" for k, v in ratio.items()) or "not timed",
+            bool(ratio) and all(v <= 1.5 for v in ratio.values()),
+        ),
     ]
 
 
-def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str]) -> str:
+def markdown(study: dict[str, Any], plots: dict[str, str]) -> str:
     """The generated section of RESULTS.md."""
     st = study["settings"]
+    meta = study["meta"]
     lines = [
         BEGIN,
         "",
         f"## Loss spikes provoked (`{NAME}`)",
         "",
-        f"    {meta.get('command', f'python -m benchmarks --tasks {NAME}')}",
+        f"    {meta['command']}",
         "",
         f"{study['title']}: {study['num_params']:,} parameters, {st['steps']} steps, "
-        f"seed {st['seed']}; the study took {study['wall_seconds'] / 60:.1f} minutes"
-        + (" (`--quick`: a smoke test, not results)." if meta.get("quick") else "."),
+        f"seed {st['seed']}; the study took {meta['wall_seconds'] / 60:.1f} minutes"
+        + (" (`--quick`: a smoke test, not results)." if meta.get("quick") else ".")
+        + f" Machine: {meta['machine']['cpu_model']}, `nproc` = "
+        f"{meta['machine']['nproc']}.",
         "",
         "Spike: a step whose batch loss exceeds 1.5x the median of the previous "
         "50 (lm_spikes' rule), a bad batch's own loss excluded. Diverged: the "
@@ -161,7 +166,7 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
     ]
     for k, t in study["triggers"].items():
         tr = t["trigger"]
-        warmup = f"{tr['warmup']:.0%}" if tr["warmup"] else "none"
+        warmup = "5%" if tr["warmup"] else "none"
         lines += [
             f"### `{k}`: {tr['description']}",
             "",
@@ -194,7 +199,7 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
                     f"{t['sensitivity'][n]:.3f}",
                 ]
             )
-        lines += report._table(
+        lines += table(
             [
                 "peer",
                 "spikes (events)",
@@ -211,16 +216,9 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
         )
         lines.append("")
     lines += ["**Goals**", ""]
-    lines += report._table(
+    lines += table(
         ["goal", "measured", "holds"],
-        [
-            [
-                g["goal"],
-                g["measured"],
-                {True: "yes", False: "**no**", None: "measured"}[g["holds"]],
-            ]
-            for g in goals(study)
-        ],
+        [[g.goal, g.measured, HOLDS[g.holds]] for g in goals(study)],
         "lll",
     )
     lines.append("")
@@ -232,18 +230,12 @@ def markdown(study: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
 
 def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     """Each setting's batch-loss curves at its rate; final loss against rate."""
-    plt = report._pyplot()
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     names = list(study["families"])
-    colors = plt.get_cmap("tab10").colors
-    style = {
-        n: {
-            "color": colors[i % len(colors)],
-            "linewidth": 1.4 if study["families"][n] == "lyapopt" else 0.8,
-            "linestyle": "-" if study["families"][n] == "lyapopt" else "--",
-        }
-        for i, n in enumerate(names)
-    }
+    style = line_styles(
+        names, lambda n: study["families"][n] == "lyapopt", widths=(1.4, 0.8)
+    )
     paths: dict[str, str] = {}
     trig = study["triggers"]
     for k, t in trig.items():
@@ -257,23 +249,16 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
             ev = t["runs"][n][-1]["spike_steps"]
             ax.scatter(ev, loss[ev], s=8, color=style[n]["color"])
         for s in burst_starts(bad):
-            if s < len(loss):
+            if s < study["settings"]["steps"]:
                 ax.axvline(s, color="gray", linewidth=0.5, linestyle=":")
-        if finite:
-            ax.set_ylim(
-                0.8 * min(finite), min(max(finite), 3 * float(np.median(finite)))
-            )
+        loss_limits(ax, finite)
         ax.set_xlabel("step (dotted: bad batches, whose own losses are left out)")
         ax.set_ylabel("batch loss (nats; dots: spikes)")
         ax.set_title(
             f"{NAME} / {k}: every peer at rate {t['trigger']['lr']:g}", fontsize=10
         )
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        p = out / f"{NAME}_{k}_curves.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        paths[f"curves_{k}"] = report._relative(p, rel)
+        paths[f"curves_{k}"] = save(fig, out / f"{NAME}_{k}_curves.png", rel, dpi=100)
     fig, axes = plt.subplots(1, len(trig), figsize=(6 * len(trig), 4.5), squeeze=False)
     for ax, (k, t) in zip(axes[0], trig.items(), strict=True):
         init = t["runs"][RECIPE][0]["initial_bpb"]
@@ -292,16 +277,5 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
         ax.set_ylabel("final validation bits/byte (diverged: at the initial)")
         ax.set_title(k, fontsize=10)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    p = out / f"{NAME}_rates.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    paths["rates"] = report._relative(p, rel)
+    paths["rates"] = save(fig, out / f"{NAME}_rates.png", rel, dpi=100)
     return paths
-
-
-def write(md: Path, text: str) -> None:
-    """Replaces this study's section of ``md`` (appends it the first time)."""
-    old = md.read_text() if md.exists() else "# lyapopt benchmarks\n"
-    new = report.replace_section(old, text, BEGIN, END)
-    md.write_text(new if new is not None else old.rstrip("\n") + "\n\n" + text)

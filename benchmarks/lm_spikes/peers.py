@@ -22,15 +22,19 @@ RECOMMENDED = "stabilize(recipe, curvature_every=50)"
 UNTUNED = "lyapunov_adam() untuned"
 
 
-def recipe_schedule(lr: Any, steps: int) -> optax.Schedule:
-    """Linear warmup over 5% of the run, then cosine decay to ``lr / 10``.
+def recipe_schedule(lr: Any, steps: int, *, warmup: bool = True) -> optax.Schedule:
+    """Linear warmup over 5% of the run (where ``warmup``), then cosine decay
+    to ``lr / 10``.
 
     ``lr`` may be a traced array (the runner passes the rate as an argument),
     so the schedule is the rate times a shape that peaks at 1.
     """
-    shape = optax.warmup_cosine_decay_schedule(
-        0.0, 1.0, max(1, steps // 20), steps, end_value=0.1
-    )
+    if warmup:
+        shape = optax.warmup_cosine_decay_schedule(
+            0.0, 1.0, max(1, steps // 20), steps, end_value=0.1
+        )
+    else:
+        shape = optax.cosine_decay_schedule(1.0, steps, alpha=0.1)
     return lambda count: lr * shape(count)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.figures import line_styles, pyplot, relative
+from benchmarks.figures import line_styles, loss_limits, pyplot, save
 from benchmarks.lm_spikes.peers import BASELINE, UNTUNED
 from benchmarks.lm_spikes.runs import SPIKE_FACTOR, SPIKE_WINDOW
 from benchmarks.lm_spikes.settings import LABELS, MULTIPLIERS, NAME
@@ -243,16 +243,12 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
         loss = np.asarray(run["batch_loss"], np.float64)
         finite += list(loss[np.isfinite(loss)])
         ax.plot(np.arange(len(loss)), loss, label=name, **style[name])
-    if finite:
-        ax.set_ylim(0.8 * min(finite), min(max(finite), 3 * float(np.median(finite))))
+    loss_limits(ax, finite)
     ax.set_xlabel("step")
     ax.set_ylabel("batch cross-entropy (nats)")
     ax.set_title(f"{NAME}: every peer at 10x (spikes are the peaks)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    curves = out / f"{NAME}_curves_10x.png"
-    fig.savefig(curves, dpi=110)
-    plt.close(fig)
+    curves = save(fig, out / f"{NAME}_curves_10x.png", rel)
 
     fig, ax = plt.subplots(figsize=(8, 5))
 
@@ -281,11 +277,5 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
         f"{NAME}: quality against rate (lines: tuned baseline, +1%)", fontsize=10
     )
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    rates = out / f"{NAME}_rates.png"
-    fig.savefig(rates, dpi=110)
-    plt.close(fig)
-    return {
-        "curves": relative(curves, rel),
-        "rates": relative(rates, rel),
-    }
+    rates = save(fig, out / f"{NAME}_rates.png", rel)
+    return {"curves": curves, "rates": rates}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from flax import nnx
+
 from benchmarks.models import ByteTransformer
 from benchmarks.tasks import Task, stdlib_lm
 
@@ -34,6 +36,19 @@ class Settings:
     timing_rounds: int = 5
     workers: int = 2  # processes for the runs (1: all in this one)
 
+    def model(
+        self, rngs: nnx.Rngs, cls: type[ByteTransformer] = ByteTransformer
+    ) -> ByteTransformer:
+        """The model (``cls``: a subclass that takes the same arguments)."""
+        return cls(
+            layers=self.layers,
+            width=self.width,
+            heads=self.heads,
+            context=self.context,
+            mlp_ratio=self.mlp_ratio,
+            rngs=rngs,
+        )
+
     def task(self, chunk: int | None = None) -> Task:
         """The task; ``chunk`` steps per jitted call (default: ``eval_every``)."""
         return Task(
@@ -43,14 +58,7 @@ class Settings:
                 f"{self.width}, {self.heads} head{'s' * (self.heads > 1)}, MLP "
                 f"{self.mlp_ratio}x, context {self.context}), batch {self.batch}"
             ),
-            make_model=lambda rngs: ByteTransformer(
-                layers=self.layers,
-                width=self.width,
-                heads=self.heads,
-                context=self.context,
-                mlp_ratio=self.mlp_ratio,
-                rngs=rngs,
-            ),
+            make_model=self.model,
             load=lambda: stdlib_lm(self.context, self.eval_windows),
             metric="bits_per_byte",
             target=math.inf,
