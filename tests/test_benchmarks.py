@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from benchmarks import cli, markdown, report
+from benchmarks import cli, markdown, report, train
 from benchmarks.optimizers import COMPONENTS, LEARNING_RATES, OPTIMIZERS
+from benchmarks.tasks import TASKS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -122,3 +124,19 @@ def test_a_section_is_appended_once_then_replaced_in_place(tmp_path: Path) -> No
     markdown.write_section(md, f"{begin}\nfirst\n{end}\n", begin, end)
     markdown.write_section(md, f"{begin}\nsecond\n{end}\n", begin, end)
     assert md.read_text() == f"# mine\n\nkeep\n\n{begin}\nsecond\n{end}\n"
+
+
+def test_a_runner_records_the_optimizers_state_after_every_step() -> None:
+    task = TASKS["mlp_full"].shrunk(steps=20, eval_every=10)
+    problem = train.Problem(task)
+    adam = OPTIMIZERS["optax.adam"]
+
+    def count(state: Any) -> dict[str, Any]:
+        return {"count": state[0].count}  # adam's ScaleByAdamState
+
+    lane = train.train(train.Runner(problem, adam, record=count), 1e-3, 0, 20)
+    np.testing.assert_array_equal(lane.recorded["count"], np.arange(1, 21))
+    plain = train.train(train.Runner(problem, adam), 1e-3, 0, 20)
+    assert plain.recorded == {}
+    # Recording reads the state; it changes nothing of the run.
+    np.testing.assert_array_equal(plain.batch_values, lane.batch_values)

@@ -1,13 +1,35 @@
-"""AdaGC (benchmarks/adagc.py) and the ``lm_instability`` study."""
+"""AdaGC (benchmarks/adagc.py) and the ``lm_instability`` study's smoke test:
+python -m benchmarks --quick --tasks lm_instability."""
 
 from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import lyapopt
+from benchmarks import cli
+from benchmarks import lm_instability as lmi
 from benchmarks.adagc import adagc
+from benchmarks.lm_instability.__main__ import main as lmi_main
+from benchmarks.lm_instability.report import burst_starts
+from benchmarks.lm_instability.runs import (
+    GUARD_KEYS,
+    events,
+    guard_record,
+    recovery,
+    spike_steps,
+)
+from benchmarks.spike_peers import skip_on_spike
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _steps(tx, grads):
@@ -70,29 +92,53 @@ def test_adagc_rejects_bad_arguments(kw) -> None:
 
 
 @pytest.fixture(scope="module")
-def quick_study():
-    from benchmarks import lm_instability
-
-    return lm_instability.run_study(lm_instability.QUICK)
-
-
-def test_quick_study_runs_every_peer_over_the_grid(quick_study) -> None:
-    from benchmarks import lm_instability
-
-    t = quick_study["triggers"]["quick"]
-    assert set(t["runs"]) == set(lm_instability.QUICK.peers)
-    assert set(lm_instability.QUICK.peers) <= {p.name for p in lm_instability.peers()}
-    assert next(iter(t["runs"])) == lm_instability.RECIPE
-    for runs in t["runs"].values():
-        assert len(runs) == len(t["rates"]) == lm_instability.QUICK.grid_points
-    assert t["rates"][-1] == pytest.approx(lm_instability.TRIGGERS["quick"].lr)
-    assert set(quick_study["cost"]["quick"]) == set(t["runs"])
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("lm_instability")
+    cli.main(["--quick", "--tasks", lmi.NAME, "--out", str(out)])
+    return json.loads((out / f"{lmi.NAME}.json").read_text()), out
 
 
-def test_quick_study_reads_the_guard_at_the_bad_batch(quick_study) -> None:
-    from benchmarks.lm_instability import RECOMMENDED
+def test_every_peer_runs_on_every_setting_over_its_grid(quick: tuple) -> None:
+    study, _ = quick
+    assert set(lmi.QUICK.peers) <= set(lmi.PEERS)
+    assert list(study["triggers"]) == list(lmi.QUICK.triggers)
+    assert list(study["families"]) == list(lmi.QUICK.peers)
+    for name, t in study["triggers"].items():
+        assert t["rates"] == pytest.approx(lmi.QUICK.rates(lmi.TRIGGERS[name]))
+        assert t["rates"][-1] == pytest.approx(lmi.TRIGGERS[name].lr)
+        assert list(t["runs"]) == list(lmi.QUICK.peers)  # the recipe first
+        for runs in t["runs"].values():
+            assert [r["learning_rate"] for r in runs] == t["rates"]
+            assert len(t["rates"]) == lmi.QUICK.grid_points
+    assert set(study["cost"]["quick"]) == set(lmi.QUICK.peers)
 
-    run = quick_study["triggers"]["quick"]["runs"][RECOMMENDED][-1]
+
+def test_every_run_has_its_measures(quick: tuple) -> None:
+    study, _ = quick
+    steps = lmi.QUICK.steps
+    for t in study["triggers"].values():
+        for name, runs in t["runs"].items():
+            ours = lmi.PEERS[name].family == "lyapopt"
+            for r in runs:
+                assert len(r["batch_loss"]) == steps
+                assert r["eval_steps"][-1] == steps
+                assert isinstance(r["diverged"], bool)
+                assert math.isfinite(r["final_bpb"]) and r["final_bpb"] == r["bpb"][-1]
+                assert r["spikes"] == len(r["spike_steps"])
+                assert len(r["recovery"]) == len(r["events"])
+                assert [b["step"] for b in r["bad_batches"]] == [40]
+                # The guard's statistics for lyapopt's peers, and theirs only.
+                guard = ("rejections", "backtracks", "guard_around")
+                assert all((k in r) == ours for k in guard), name
+                if ours:
+                    assert len(r["guard_around"]) == len(t["around"])
+        assert set(t["sensitivity"]) == set(t["runs"])
+        assert all(v >= 0 for v in t["sensitivity"].values())
+
+
+def test_the_guard_is_read_at_the_bad_batch(quick: tuple) -> None:
+    study, _ = quick
+    run = study["triggers"]["quick"]["runs"][lmi.RECOMMENDED][-1]
     (bad,) = run["bad_batches"]
     assert bad["step"] == 40 and bad["kind"] == "repeat"
     assert 0.0 <= bad["guard_scale"] <= 1.0
@@ -100,34 +146,79 @@ def test_quick_study_reads_the_guard_at_the_bad_batch(quick_study) -> None:
     assert bad["loss_on_bad_batch"] > 1.5 * run["batch_loss"][39]
 
 
-def test_quick_study_report_and_figures(quick_study, tmp_path) -> None:
-    from benchmarks import lm_instability
+def test_the_section_the_plots_and_the_goals_are_written(quick: tuple) -> None:
+    study, out = quick
+    md = (out / "RESULTS.md").read_text()
+    assert md.count(lmi.BEGIN) == 1 and md.count(lmi.END) == 1
+    for name in lmi.QUICK.peers:
+        assert f"| `{name}` |" in md
+    for png in (f"{lmi.NAME}_quick_curves.png", f"{lmi.NAME}_rates.png"):
+        assert (out / png).read_bytes()[:8] == PNG, png
+    goals = lmi.goals(study)
+    assert [g.goal[:2] for g in goals] == ["1.", "2.", "3.", "4."]
+    assert goals[2].holds is None  # bad data: measured, no threshold
 
-    plots = lm_instability.plot(quick_study, tmp_path, tmp_path)
-    text = lm_instability.markdown(quick_study, {"quick": True}, plots)
-    assert text.startswith(lm_instability.BEGIN) and text.rstrip().endswith(
-        lm_instability.END
+
+def test_the_section_rebuilds_from_the_json_and_keeps_the_rest(
+    quick: tuple, tmp_path: Path
+) -> None:
+    _, out = quick
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"# title\n\nmine\n\n{lmi.BEGIN}\nSTALE\n{lmi.END}\n\nafter\n")
+    json_path = str(out / f"{lmi.NAME}.json")
+    args = ["--tasks", lmi.NAME, "--from-json", json_path, "--out", str(tmp_path)]
+    cli.main([*args, "--results-md", str(md)])
+    text = md.read_text()
+    assert "STALE" not in text and "mine" in text and "after" in text
+    assert "## Loss spikes provoked" in text
+
+
+def test_a_part_of_the_study_runs_alone(quick: tuple, tmp_path: Path) -> None:
+    # python -m benchmarks.lm_instability: the quick settings, two peers (their
+    # runners compiled by the fixture already).
+    lmi_main(
+        ["--quick", "--peers", lmi.RECIPE, lmi.RECOMMENDED, "--out", str(tmp_path)]
     )
-    assert all((tmp_path / p).exists() for p in plots.values())
-    assert [g["goal"][:2] for g in lm_instability.goals(quick_study)] == [
-        "1.",
-        "2.",
-        "3.",
-        "4.",
-    ]
+    study = json.loads((tmp_path / f"{lmi.NAME}.json").read_text())
+    assert list(study["families"]) == [lmi.RECIPE, lmi.RECOMMENDED]
+    assert "python -m benchmarks.lm_instability --quick" in study["meta"]["command"]
+    assert lmi.BEGIN in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_the_bursts_start_off_the_curvature_grid() -> None:
+    # stabilize(recipe, curvature_every=50) measures its cap at multiples of
+    # 50 and keeps it for 50 steps: no burst may start there.
+    assert sorted(burst_starts(list(lmi.BURSTS))) == [210, 410, 610, 810]
+    assert all(s % 50 for s, _ in lmi.BURSTS)
+    assert lmi.bursts((5, "random"), length=2) == ((5, "random"), (6, "random"))
+
+
+def test_the_default_study_is_54_runs_of_1000_steps() -> None:
+    settings = lmi.Settings()
+    runs = sum(len(settings.rates(lmi.TRIGGERS[k])) for k in settings.triggers)
+    assert runs * len(lmi.PEERS) == 54 and settings.steps == 1000
+    rates = settings.rates(lmi.TRIGGERS["no_fixes_100x"])
+    assert rates == pytest.approx((0.01, 0.1, 1.0))
+
+
+def test_the_record_reads_the_guard_and_the_skips() -> None:
+    params = {"w": jnp.ones(3)}
+    guarded = guard_record(lyapopt.stabilize(optax.adam(0.1)).init(params))
+    assert set(guarded) == set(GUARD_KEYS)
+    skipped = guard_record(skip_on_spike(optax.adam(0.1)).init(params))
+    assert set(skipped) == {"skipped"}
+    assert guard_record(optax.adam(0.1).init(params)) == {}
 
 
 def test_sensitivity_counts_a_diverged_run_at_the_initial_loss() -> None:
-    from benchmarks.lm_instability import sensitivity
-
     # Grid finals 2, 3 and a diverged run (NaN) -> 8 (the initial): best 2.
-    assert sensitivity([2.0, 3.0, float("nan")], 8.0) == pytest.approx((0 + 1 + 6) / 3)
-    assert sensitivity([2.0, 9.0], 8.0) == pytest.approx(3.0)
+    assert lmi.sensitivity([2.0, 3.0, float("nan")], 8.0) == pytest.approx(
+        (0 + 1 + 6) / 3
+    )
+    assert lmi.sensitivity([2.0, 9.0], 8.0) == pytest.approx(3.0)
 
 
 def test_spike_events_and_recovery() -> None:
-    from benchmarks.lm_instability.runs import events, recovery, spike_steps
-
     loss = np.full(200, 2.0)
     loss[100:103] = 5.0  # one event of three spike steps
     loss[103:110] = 3.0  # then 7 steps above the level

@@ -18,8 +18,9 @@ import lyapopt
 from benchmarks import train
 from benchmarks.lm_instability.model import LMProblem
 from benchmarks.lm_instability.peers import PEERS, RECIPE, Peer
-from benchmarks.lm_instability.settings import TRIGGERS, Bad, Settings, Trigger
+from benchmarks.lm_instability.settings import TRIGGERS, Bad, Settings, Trigger, task
 from benchmarks.lm_spikes import SPIKE_WINDOW, spikes
+from benchmarks.lm_spikes import settings as lm_spikes
 from benchmarks.spike_peers import SkipOnSpikeState
 
 # The per-step statistics of lyapopt's guard that a run keeps.
@@ -39,19 +40,27 @@ def guard_record(state: Any) -> dict[str, jax.Array]:
 
 @functools.cache
 def lm_problem(
-    settings: Settings, qk_norm: bool, norm_dtype: str | None, bad: Bad, z_loss: float
+    lm: lm_spikes.Settings,
+    qk_norm: bool,
+    norm_dtype: str | None,
+    bad: Bad,
+    z_loss: float,
 ) -> LMProblem:
     """One problem (data on the device, a jitted evaluation) per model and
     data, shared by the peers that train on it."""
-    return LMProblem(settings.task(qk_norm, norm_dtype, bad), z_loss=z_loss, bad=bad)
+    return LMProblem(task(lm, qk_norm, norm_dtype, bad), z_loss=z_loss, bad=bad)
+
+
+def runner(settings: Settings, trigger: Trigger, peer: Peer) -> train.Runner:
+    """The peer on the trigger's setting: one runner per model, lengths,
+    trigger and peer, whatever else ``settings`` selects, so that each
+    compiles once in a process."""
+    return _runner(settings.lm(), trigger, peer)
 
 
 @functools.cache
-def runner(settings: Settings, trigger: Trigger, peer: Peer) -> train.Runner:
-    """One runner per peer and trigger: each compiles once."""
-    problem = lm_problem(
-        settings, peer.qk_norm, trigger.norm_dtype, trigger.bad, peer.z_loss
-    )
+def _runner(lm: lm_spikes.Settings, trigger: Trigger, peer: Peer) -> train.Runner:
+    problem = lm_problem(lm, peer.qk_norm, trigger.norm_dtype, trigger.bad, peer.z_loss)
     return train.Runner(problem, peer.optimizer(trigger), record=guard_record)
 
 
@@ -226,8 +235,8 @@ def run(settings: Settings) -> dict[str, Any]:
     first = TRIGGERS[settings.triggers[0]]
     out["cost"] = {first.name: cost(settings, first, names)}
     out["families"] = {n: PEERS[n].family for n in names}
-    out["title"] = settings.task().title
-    base = lm_problem(settings, False, first.norm_dtype, first.bad, 0.0)
+    out["title"] = settings.lm().task().title
+    base = lm_problem(settings.lm(), False, first.norm_dtype, first.bad, 0.0)
     out["num_params"] = int(base.num_params())
     return out
 

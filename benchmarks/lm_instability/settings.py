@@ -2,7 +2,26 @@
 (:class:`Settings`), and the instability settings, each a way to make the
 AdamW recipe spike (:class:`Trigger`).
 
-SIZING
+The default study fits 30 minutes on the 2-core machine: 9 peers x 6 rates
+x 1,000 steps = 54 runs, estimated at ~25 minutes there. Per run, at the
+trigger's rate, measured on that machine while shared (load 3-5): the
+recipe 13-19 s, ``stabilize(recipe, curvature_every=50)`` 19-36 s,
+``lyapunov_adam`` 32-60 s (the guard backtracks most at 100x), ~200 s for
+the nine peers at one rate; 6 rates ~20 minutes, the compilation of 18
+runners (4-15 s each) ~3 minutes, the interleaved timing ~2 minutes.
+Alone on the machine it takes less.
+
+What was cut to fit: the first version ran 8 rates (72 runs, estimated
+~35 minutes at the preliminary study's 22 ms per recipe step, on the
+machine loaded). ``no_fixes_100x``'s grid went from half-decades (1x, 3x,
+10x, 30x, 100x the tuned rate) to decades (1x, 10x, 100x): in the search
+the recipe there has no spike from 3x to 30x and degrades smoothly between
+its ends, so 3x and 30x only interpolate the sensitivity's curve; 1x (the
+optimum, the sensitivity's reference) and 100x (the spikes) are kept.
+``bad_data_10x`` keeps its three half-decade points (1x, 3x, 10x). The
+1,000 steps are kept: in the search ``no_fixes_100x``'s three events
+start between steps 147 and 525 (the preliminary 600-step study saw one),
+and the last burst ends at step 812.
 """
 
 from __future__ import annotations
@@ -73,7 +92,8 @@ class Settings:
     seed: int = 0
 
     def lm(self) -> lm_spikes.Settings:
-        """lm_spikes' settings of the same model, data and lengths."""
+        """lm_spikes' settings of the same model, data and lengths: all that
+        a run's problem and optimizer depend on, besides its trigger."""
         return lm_spikes.Settings(
             layers=self.layers,
             width=self.width,
@@ -86,30 +106,6 @@ class Settings:
             eval_windows=self.eval_windows,
         )
 
-    def task(
-        self, qk_norm: bool = False, norm_dtype: str | None = None, bad: Bad = ()
-    ) -> Task:
-        """lm_spikes' task on this model, with qk-layernorm where ``qk_norm``,
-        every LayerNorm computing in ``norm_dtype``, and the rows of the bad
-        batches ``bad`` appended to the training rows."""
-        lm = self.lm()
-        base = lm.task()
-
-        def make(rngs: nnx.Rngs) -> ByteTransformer:
-            model = lm.model(rngs, QKNormTransformer if qk_norm else ByteTransformer)
-            if norm_dtype is not None:
-                for _, m in nnx.iter_graph(model):
-                    if isinstance(m, nnx.LayerNorm):
-                        m.dtype = jnp.dtype(norm_dtype)
-            return model
-
-        return replace(
-            base,
-            name=NAME,
-            make_model=make,
-            load=lambda: with_bad_rows(base.load(), bad, self.batch, self.context),
-        )
-
     def rates(self, trigger: Trigger) -> tuple[float, ...]:
         """The rate grid: ``grid_step`` decades apart from ``grid_from`` up to
         the trigger's rate (the last), at most ``grid_points`` of them."""
@@ -117,6 +113,33 @@ class Settings:
         n = round(math.log10(trigger.lr / trigger.grid_from) / step) + 1
         n = min(n, self.grid_points)
         return tuple(trigger.lr * 10 ** ((k - n + 1) * step) for k in range(n))
+
+
+def task(
+    lm: lm_spikes.Settings,
+    qk_norm: bool = False,
+    norm_dtype: str | None = None,
+    bad: Bad = (),
+) -> Task:
+    """lm_spikes' task on the model of ``lm``, with qk-layernorm where
+    ``qk_norm``, every LayerNorm computing in ``norm_dtype``, and the rows of
+    the bad batches ``bad`` appended to the training rows."""
+    base = lm.task()
+
+    def make(rngs: nnx.Rngs) -> ByteTransformer:
+        model = lm.model(rngs, QKNormTransformer if qk_norm else ByteTransformer)
+        if norm_dtype is not None:
+            for _, m in nnx.iter_graph(model):
+                if isinstance(m, nnx.LayerNorm):
+                    m.dtype = jnp.dtype(norm_dtype)
+        return model
+
+    return replace(
+        base,
+        name=NAME,
+        make_model=make,
+        load=lambda: with_bad_rows(base.load(), bad, lm.batch, lm.context),
+    )
 
 
 # A smoke test of the whole study, well under a minute.
