@@ -15,15 +15,15 @@ import optax
 if TYPE_CHECKING:
     from flax.training.train_state import TrainState
 
-_TrainState = TypeVar("_TrainState", bound="TrainState")
+TrainStateT = TypeVar("TrainStateT", bound="TrainState")
 
 _OVERWRITE = "overwrite_with_gradient"  # flax.core.meta's OVERWRITE_WITH_GRADIENT
 _OWN = ("step", "params", "opt_state")  # the fields the step itself sets
 
 
 def apply_gradients(
-    state: _TrainState, *, grads: optax.Updates, **kwargs: Any
-) -> _TrainState:
+    state: TrainStateT, *, grads: optax.Updates, **kwargs: Any
+) -> TrainStateT:
     """``TrainState.apply_gradients`` that also passes extra arguments to ``tx``.
 
     Flax Linen's ``state.apply_gradients(grads=..., **kwargs)`` calls
