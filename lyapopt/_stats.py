@@ -58,7 +58,7 @@ def _unwrap(x: Any) -> Any:
     return x.value if hasattr(x, "value") else x
 
 
-def _states(tree: Any) -> Iterator[Any]:
+def _states(tree: optax.OptState) -> Iterator[tuple[Any, ...]]:
     """The known states in ``tree``, outer before inner, in tree order."""
     known = tuple(_FIELDS)
     for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, known)):
@@ -67,7 +67,7 @@ def _states(tree: Any) -> Iterator[Any]:
             yield from _states(tuple(x))  # e.g. ApplyIfFiniteState.inner_state
 
 
-def stats(opt_state: Any) -> dict[str, jax.Array]:
+def stats(opt_state: optax.OptState) -> dict[str, jax.Array]:
     """The diagnostics of every lyapopt transform in an optimizer state.
 
     Walks any optax state (chains, ``inject_hyperparams``, ``MultiSteps``,

@@ -11,6 +11,8 @@ import pytest
 from benchmarks import cli, markdown, report
 from benchmarks.optimizers import COMPONENTS, LEARNING_RATES, OPTIMIZERS
 
+pytestmark = pytest.mark.slow  # a benchmark smoke
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

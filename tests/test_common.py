@@ -162,6 +162,7 @@ def test_multisteps_accumulates_then_takes_one_step(case: Case) -> None:
     np.testing.assert_allclose(second, single, rtol=1e-6)
 
 
+@pytest.mark.slow
 @cases
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
 def test_keeps_dtypes(case: Case, dtype: str) -> None:

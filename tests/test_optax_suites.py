@@ -29,6 +29,8 @@ from optax.contrib import _common_test as contrib_test
 
 import lyapopt
 
+pytestmark = pytest.mark.slow  # optax's suites, compiled for every optimizer
+
 # The configurations under test: each lyapopt optimizer at its defaults, the
 # paper's first-order rule, stabilize around two optax optimizers, and the
 # curvature measured every 10 steps. The first-order rule has no cap, so

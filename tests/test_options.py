@@ -99,6 +99,7 @@ NON_DEFAULT = {
 
 
 # axis_name needs a mapped axis: tests/test_sharding.py runs it under pmap.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "option", [f for f in StageOptions._fields if f != "axis_name"]
 )
@@ -116,6 +117,7 @@ def test_lyapunov_adam_forwards_every_stage_option_to_stabilize(option: str) -> 
     np.testing.assert_array_equal(ours, direct)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["tolerance", "max_backtracks", "decrease"])
 def test_the_guard_options_change_the_optimizers_steps(option: str) -> None:
     # 0.1's optimizers did not forward tolerance and max_backtracks at all.
@@ -130,6 +132,7 @@ def test_the_guard_options_change_the_optimizers_steps(option: str) -> None:
 # --- positional arguments as optax has them ---------------------------------
 
 
+@pytest.mark.slow
 def test_lyapunov_adam_takes_optax_adams_positional_arguments() -> None:
     names = list(_params(optax.adam))[:6]
     assert list(_params(lyapopt.lyapunov_adam))[:6] == names
@@ -145,6 +148,7 @@ def test_lyapunov_adam_takes_optax_adams_positional_arguments() -> None:
     np.testing.assert_array_equal(ours, direct)
 
 
+@pytest.mark.slow
 def test_lyapunov_sgd_takes_optax_sgds_positional_arguments() -> None:
     assert list(_params(lyapopt.lyapunov_sgd))[:4] == list(_params(optax.sgd))[:4]
     with_momentum = _quadratic_steps(lyapopt.lyapunov_sgd(0.1, 0.9, True))[0]
@@ -226,6 +230,7 @@ def test_a_nan_gradient_is_counted_once_in_nonfinite_gradients() -> None:
 # --- value_fn receives the extra arguments it names --------------------------
 
 
+@pytest.mark.slow
 def test_value_fn_gets_the_extra_arguments_it_names_as_in_optaxs_linesearch() -> None:
     # The calling pattern of optax.scale_by_backtracking_linesearch's docstring:
     # value_fn(params, x, y), with x and y passed to update as keywords.
