@@ -122,6 +122,7 @@ def _stationary(
     noise: float,
     steps: int,
     seeds: int,
+    held_out: bool = True,
 ) -> Any:
     """Gradient descent on a quadratic that looks the same from every iterate.
 
@@ -129,25 +130,29 @@ def _stationary(
     ``c = theta_{t-1}`` and fresh noise ``n_t ~ N(0, noise I)``; the step at
     ``theta_t`` is computed from ``G + n_t``. The true gradient where each
     step starts is ``G``, so the best rate is the same at every step.
-    Returns the stage's state after each step, for each seed.
+    Without ``held_out``, ``value_fn`` keeps the last batch's noise, the
+    one the step was computed from. Returns the stage's state after each
+    step, for each seed.
     """
     d = gradient.shape[0]
 
     def run(key: jax.Array) -> Any:
         def body(carry: tuple, k: jax.Array) -> tuple[tuple, Any]:
-            theta, center, state = carry
+            theta, center, last, state = carry
             batch = gradient + jnp.sqrt(noise) * jax.random.normal(k, (d,))
+            judged = batch if held_out else last
 
             def value_fn(x: jax.Array) -> jax.Array:
                 y = x - center
-                return 0.5 * y @ hessian @ y + batch @ y
+                return 0.5 * y @ hessian @ y + judged @ y
 
             updates, state = tx.update(batch, state, theta, value_fn=value_fn)
-            return (theta + updates, theta, state), state[1]
+            return (theta + updates, theta, batch, state), state[1]
 
         theta = jnp.zeros(d)
         keys = jax.random.split(key, steps)
-        return jax.lax.scan(body, (theta, theta, tx.init(theta)), keys)[1]
+        carry = (theta, theta, gradient, tx.init(theta))
+        return jax.lax.scan(body, carry, keys)[1]
 
     return jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), seeds))
 
@@ -189,6 +194,24 @@ def test_with_gradient_noise_the_rate_converges_to_the_noise_aware_optimum(
     rate = float(np.mean(states.rate[:, 300:]))
     np.testing.assert_allclose(rate, eps_opt, rtol=2e-2)
     assert abs(rate / eps_max - 1) > 0.15  # the noise-free optimum is far off
+
+
+def test_judged_on_the_batch_the_step_came_from_the_rate_would_be_overrated() -> None:
+    # What the held-out batch removes: on the step's own batch the target is
+    # about (|G|^2 + tr Sigma) / (G.HG + tr(H Sigma)), here 2.08x McCandlish's
+    # optimum (the noise the step followed looks like signal).
+    d = 64
+    hessian, gradient, eps_max = _problem(d)
+    s2 = float(gradient @ hessian @ gradient) / float(jnp.trace(hessian))
+    eps_opt = eps_max / 2
+    own = (float(gradient @ gradient) + d * s2) / (
+        2 * float(gradient @ hessian @ gradient)
+    )
+    tx = optax.chain(optax.sgd(1.0), lyapopt.scale_by_held_out_rate(1))
+    states = _stationary(tx, hessian, gradient, s2, 600, seeds=4, held_out=False)
+    rate = float(np.mean(states.rate[:, 300:]))
+    np.testing.assert_allclose(rate, own, rtol=5e-2)
+    assert rate > 1.5 * eps_opt
 
 
 def test_the_shape_multiplies_the_measured_rate_and_is_not_undone() -> None:
