@@ -137,15 +137,18 @@ def scale_by_held_out_rate(
     ``r_t shape(t)``.
 
     **The horizon.** ``X`` is the best multiple for one step (greedy), and
-    a greedy rate is biased short (Wu et al., 2018): where the noise
-    dominates it falls to reduce the loss now, at the expense of progress
-    later. ``r`` is measured whatever the shape is (``c`` counts the shape
-    in), so ``r`` is the greedy best rate and ``shape(t)`` multiplies it:
-    the peak comes from the measurement, the decay over the run from the
-    shape (GeN's ``scale``, e.g. ``optax.cosine_decay_schedule(1.0,
+    a greedy rate is biased short (Wu et al., 2018): as the noise comes to
+    dominate the gradient it falls, to lower the loss now at the expense of
+    progress later. ``r`` is measured whatever the shape is (``c`` counts
+    the shape in), so ``r`` is the greedy best rate, and ``shape(t)``
+    multiplies it (GeN's ``scale``, e.g. ``optax.cosine_decay_schedule(1.0,
     steps)`` or :func:`lyapopt.exponential_schedule` with ``init_value``
-    1). Give the wrapped optimizer a constant rate: a decay of its own is
-    undone by the measurement, which sets ``r`` against it.
+    1): the measurement sets the level, the shape the decay the run asks
+    for on top of it. The greedy level falls by itself where the noise
+    dominates, so a decaying shape decays the step twice; with no shape the
+    decay is the measurement's alone. Give the wrapped optimizer a constant
+    rate: a decay of its own is undone by the measurement, which sets ``r``
+    against it.
 
     What is whose: the fit of the quadratic model along the update, its
     convex-only acceptance, the smoothing, the clamp and the outside shape
