@@ -53,6 +53,11 @@ CASES = {
         {"safety": 0.5, "curvature_every": 3},
         lambda t: optax.chain(optax.sgd(10.0), t, lyapopt.lyapunov_guard()),
     ),
+    "scale_by_held_out_rate": Case(
+        lyapopt.scale_by_held_out_rate,
+        {"rate_every": 2},
+        lambda t: optax.chain(optax.sgd(0.1), t, lyapopt.lyapunov_guard()),
+    ),
     "scale_by_level": Case(
         lyapopt.scale_by_level,
         {"level": 0.0},
@@ -83,6 +88,9 @@ CASES = {
     "lyapunov_adam": Case(lyapopt.lyapunov_adam, {}, _alone),
     "lyapunov_adam_every_10": Case(
         lyapopt.lyapunov_adam, {"curvature_every": 10}, _alone
+    ),
+    "lyapunov_adam_rate_every_4": Case(
+        lyapopt.lyapunov_adam, {"rate_every": 4}, _alone
     ),
 }
 

@@ -51,6 +51,7 @@ def test_every_stage_option_has_the_shared_name_and_default(factory) -> None:
     [
         (lyapopt.scale_by_curvature, ("safety", "curvature_every", "max_scale")),
         (lyapopt.lyapunov_guard, ("tolerance", "max_backtracks", "decrease")),
+        (lyapopt.scale_by_held_out_rate, ("rate_shape",)),
     ],
 )
 def test_the_stage_transforms_use_the_same_names_and_defaults(factory, names) -> None:
@@ -87,6 +88,8 @@ def _quadratic_steps(tx, steps: int = 4, lr_scale: float = 1.0):
 
 
 NON_DEFAULT = {
+    "rate_every": 2,
+    "rate_shape": optax.linear_schedule(1.0, 0.5, 4),
     "safety": 0.5,
     "curvature_every": 3,
     "max_scale": 2.0,
@@ -104,14 +107,17 @@ NON_DEFAULT = {
     "option", [f for f in StageOptions._fields if f != "axis_name"]
 )
 def test_lyapunov_adam_forwards_every_stage_option_to_stabilize(option: str) -> None:
-    value = NON_DEFAULT[option]
-    ours = _quadratic_steps(lyapopt.lyapunov_adam(1.0, **{option: value}))[0]
+    # A shape multiplies a measured rate: it goes with `rate_every`.
+    options = {option: NON_DEFAULT[option]}
+    if option == "rate_shape":
+        options["rate_every"] = NON_DEFAULT["rate_every"]
+    ours = _quadratic_steps(lyapopt.lyapunov_adam(1.0, **options))[0]
     direct = _quadratic_steps(
         lyapopt.stabilize(
             optax.chain(
                 optax.scale_by_adam(), lyapopt.scale_by_logged_learning_rate(1.0)
             ),
-            **{option: value},
+            **options,
         )
     )[0]
     np.testing.assert_array_equal(ours, direct)
