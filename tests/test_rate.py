@@ -356,6 +356,7 @@ def _assert_trees_equal(a: Any, b: Any) -> None:
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_the_rate_state_survives_a_checkpoint_under_inject_hyperparams(
     tmp_path: Path,
 ) -> None:
@@ -407,6 +408,7 @@ class _MLP(nnx.Module):
         return self.l2(nnx.relu(self.l1(x)))
 
 
+@pytest.mark.slow
 def test_works_in_nnx_optimizer_with_the_flax_value_fn() -> None:
     def nnx_loss(model: _MLP, x: jax.Array, y: jax.Array) -> jax.Array:
         return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
