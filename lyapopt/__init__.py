@@ -19,6 +19,7 @@ from lyapopt._modulation import (
     scale_by_gradient_modulation,
 )
 from lyapopt._options import StageOptions
+from lyapopt._rate import ScaleByHeldOutRateState, scale_by_held_out_rate
 from lyapopt._schedule import (
     ScaleByLoggedLearningRateState,
     exponential_schedule,
@@ -33,6 +34,7 @@ __all__ = [
     "LyapunovGuardState",
     "ScaleByCurvatureState",
     "ScaleByGradientModulationState",
+    "ScaleByHeldOutRateState",
     "ScaleByLevelState",
     "ScaleByLoggedLearningRateState",
     "StabilizeState",
@@ -45,6 +47,7 @@ __all__ = [
     "lyapunov_sgd",
     "scale_by_curvature",
     "scale_by_gradient_modulation",
+    "scale_by_held_out_rate",
     "scale_by_level",
     "scale_by_logged_learning_rate",
     "stabilize",

@@ -10,7 +10,7 @@ import optax
 from lyapopt import _options
 from lyapopt._checks import check_number
 from lyapopt._modulation import scale_by_gradient_modulation
-from lyapopt._options import DEFAULTS
+from lyapopt._options import DEFAULTS, StageOptions
 from lyapopt._schedule import exponential_schedule, scale_by_logged_learning_rate
 from lyapopt._stabilize import stabilize
 
@@ -33,7 +33,7 @@ def _rate(
     steps_per_epoch: int | jax.Array,
 ) -> optax.GradientTransformationExtraArgs:
     """``-eta(t)``, with the paper's exponential decay on top when asked."""
-    if isinstance(decay_constant, (int, float)) and decay_constant == 0:
+    if _no_decay(decay_constant):
         return scale_by_logged_learning_rate(learning_rate)
     decay = exponential_schedule(1.0, decay_constant, steps_per_epoch=steps_per_epoch)
     if callable(learning_rate):
@@ -41,15 +41,62 @@ def _rate(
     return scale_by_logged_learning_rate(lambda t: learning_rate * decay(t))
 
 
+def _no_decay(decay_constant: float | jax.Array) -> bool:
+    return isinstance(decay_constant, (int, float)) and decay_constant == 0
+
+
+def _measured(
+    where: str,
+    learning_rate: optax.ScalarOrSchedule,
+    decay_constant: float | jax.Array,
+    steps_per_epoch: int | jax.Array,
+    options: StageOptions,
+) -> tuple[optax.GradientTransformationExtraArgs, StageOptions]:
+    """The direction's rate and the stage options.
+
+    With ``rate_every`` the direction keeps the constant ``learning_rate``
+    (where the measured rate starts) and the paper's decay moves into
+    ``rate_shape``, which multiplies the measured rate: a decay inside the
+    direction would be undone by the measurement.
+    """
+    if options.rate_every is None:
+        return _rate(learning_rate, decay_constant, steps_per_epoch), options
+    if callable(learning_rate):
+        raise ValueError(
+            f"{where}: with `rate_every` the rate is measured, and a schedule in "
+            "`learning_rate` would be undone by the measurement. Pass the rate "
+            "to start from as `learning_rate` (a number) and the schedule's "
+            "shape, with value 1 at step 0, as `rate_shape=` (e.g. "
+            "`optax.cosine_decay_schedule(1.0, steps)`)."
+        )
+    shape = options.rate_shape
+    if not _no_decay(decay_constant):
+        decay = exponential_schedule(
+            1.0, decay_constant, steps_per_epoch=steps_per_epoch
+        )
+        if shape is None:
+            shape = decay
+        elif callable(shape):
+            user = shape
+            shape = lambda t: decay(t) * user(t)  # noqa: E731
+        else:
+            factor = shape
+            shape = lambda t: decay(t) * factor  # noqa: E731
+    rate = scale_by_logged_learning_rate(learning_rate)
+    return rate, options._replace(rate_shape=shape)
+
+
 def lyapunov_sgd(
     learning_rate: optax.ScalarOrSchedule = 1.0,
     momentum: float | jax.Array | None = None,
     nesterov: bool = False,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: jax.typing.DTypeLike | None = None,
     *,
     modulation: float | jax.Array | None = 1.0,
     decay_constant: float | jax.Array = 0.0,
     steps_per_epoch: int | jax.Array = 1,
+    rate_every: int | jax.Array | None = DEFAULTS.rate_every,
+    rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
     max_scale: float | jax.Array = DEFAULTS.max_scale,
@@ -74,8 +121,10 @@ def lyapunov_sgd(
     ``beta`` are our reading. The step is then capped at the minimum of the
     local quadratic model of the loss and checked by the Lyapunov guard
     (this project's construction from the paper's Taylor argument; see
-    :func:`lyapopt.stabilize`, whose options ``safety`` to ``decrease`` are
-    forwarded in full).
+    :func:`lyapopt.stabilize`, whose options ``rate_every`` to
+    ``axis_name`` are forwarded in full). With ``rate_every`` the rate is
+    measured (:func:`lyapopt.scale_by_held_out_rate`), starting from
+    ``learning_rate``, and the paper's decay multiplies it.
 
     The decay is off by default (``decay_constant = 0``), so a run of any
     length keeps learning; with ``alpha > 0`` the rate after ``T`` steps is
@@ -96,6 +145,11 @@ def lyapunov_sgd(
       modulation: ``beta``; ``None`` (or 0) turns the modulation off.
       decay_constant: the paper's ``alpha >= 0``, per epoch; 0: no decay.
       steps_per_epoch: steps in an epoch (1: ``alpha`` is per step).
+      rate_every: measure the rate every this many steps
+        (:func:`lyapopt.scale_by_held_out_rate`); ``None``: off. With it,
+        ``learning_rate`` (a number) is where the measured rate starts,
+        and the paper's decay multiplies the measured rate.
+      rate_shape: see :func:`lyapopt.stabilize`.
       safety: see :func:`lyapopt.stabilize` (``None``: no curvature cap).
       curvature_every: see :func:`lyapopt.stabilize`.
       max_scale: see :func:`lyapopt.stabilize`.
@@ -149,6 +203,9 @@ def lyapunov_sgd(
             upper_open=True,
             fix="Pass a decay such as 0.9, or None for no momentum.",
         )
+    rate, options = _measured(
+        where, learning_rate, decay_constant, steps_per_epoch, options
+    )
     direction = optax.chain(
         scale_by_gradient_modulation(modulation)
         if modulation is not None
@@ -156,9 +213,10 @@ def lyapunov_sgd(
         optax.trace(momentum, nesterov, accumulator_dtype)
         if momentum is not None
         else optax.identity(),
-        _rate(learning_rate, decay_constant, steps_per_epoch),
+        rate,
     )
-    if safety is None and guard is None and level is None and modulation is not None:
+    first_order = safety is None and guard is None and level is None
+    if first_order and rate_every is None and modulation is not None:
         # The paper's first-order rule: the modulation already drops a
         # non-finite gradient (its norm is computed anyway), so no
         # apply_if_finite, whose lax.cond costs ~15% of a small model's step.
@@ -172,11 +230,13 @@ def lyapunov_adam(
     b2: float | jax.Array = 0.999,
     eps: float | jax.Array = 1e-8,
     eps_root: float | jax.Array = 0.0,
-    mu_dtype: Any | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     nesterov: bool = False,
     decay_constant: float | jax.Array = 0.0,
     steps_per_epoch: int | jax.Array = 1,
+    rate_every: int | jax.Array | None = DEFAULTS.rate_every,
+    rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
     max_scale: float | jax.Array = DEFAULTS.max_scale,
@@ -191,9 +251,12 @@ def lyapunov_adam(
 
     :func:`optax.scale_by_adam` gives the direction (same positional
     arguments as :func:`optax.adam`), the learning rate its length, and
-    :func:`lyapopt.stabilize` the cap and the guard (options ``safety`` to
-    ``decrease``, forwarded in full). The Adam direction is already
-    normalised, so there is no gradient-norm modulation.
+    :func:`lyapopt.stabilize` the cap and the guard (options ``rate_every``
+    to ``axis_name``, forwarded in full). The Adam direction is already
+    normalised, so there is no gradient-norm modulation. With
+    ``rate_every`` the rate is measured
+    (:func:`lyapopt.scale_by_held_out_rate`), starting from
+    ``learning_rate``, and the paper's decay multiplies it.
 
     The decay is off by default (``decay_constant = 0``): Adam moves each
     coordinate by about ``eta(t)`` a step, so a decay ``alpha`` limits the
@@ -213,6 +276,11 @@ def lyapunov_adam(
       nesterov: NAdam's Nesterov momentum, as in :func:`optax.adam`.
       decay_constant: the paper's ``alpha >= 0``, per epoch; 0: no decay.
       steps_per_epoch: steps in an epoch (1: ``alpha`` is per step).
+      rate_every: measure the rate every this many steps
+        (:func:`lyapopt.scale_by_held_out_rate`); ``None``: off. With it,
+        ``learning_rate`` (a number) is where the measured rate starts,
+        and the paper's decay multiplies the measured rate.
+      rate_shape: see :func:`lyapopt.stabilize`.
       safety: see :func:`lyapopt.stabilize` (``None``: no curvature cap).
       curvature_every: see :func:`lyapopt.stabilize`.
       max_scale: see :func:`lyapopt.stabilize`.
@@ -264,6 +332,9 @@ def lyapunov_adam(
         check_number(
             where, name, value, lower=0.0, fix="Pass a small number such as 1e-8."
         )
+    rate, options = _measured(
+        where, learning_rate, decay_constant, steps_per_epoch, options
+    )
     direction = optax.chain(
         optax.scale_by_adam(
             b1=b1,
@@ -273,6 +344,6 @@ def lyapunov_adam(
             mu_dtype=mu_dtype,
             nesterov=nesterov,
         ),
-        _rate(learning_rate, decay_constant, steps_per_epoch),
+        rate,
     )
     return stabilize(direction, **options._asdict())

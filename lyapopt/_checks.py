@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -116,7 +117,7 @@ def check_choice(where: str, name: str, value: Any, choices: tuple[Any, ...]) ->
         raise ValueError(f"{where}: `{name}` must be one of {shown}; got {value!r}.")
 
 
-def require_params(where: str, params: Any) -> None:
+def require_params(where: str, params: optax.Params | None) -> None:
     """Raises ValueError when the update was called without ``params``."""
     if params is None:
         raise ValueError(
@@ -155,7 +156,7 @@ def require_value_fn(where: str, value_fn: Any) -> Callable[..., Any]:
     return value_fn
 
 
-def require_leaves(where: str, params: Any) -> None:
+def require_leaves(where: str, params: optax.Params) -> None:
     """Raises ValueError when ``params`` has no array leaves to optimise."""
     if not jax.tree.leaves(params):
         raise ValueError(
@@ -165,7 +166,9 @@ def require_leaves(where: str, params: Any) -> None:
         )
 
 
-def check_like_params(where: str, name: str, tree: Any, params: Any) -> None:
+def check_like_params(
+    where: str, name: str, tree: optax.Params, params: optax.Params | None
+) -> None:
     """Raises unless ``tree`` matches ``params`` leaf for leaf, in shape.
 
     Also refuses parameters that are not floating point, which no step can move.

@@ -1,9 +1,9 @@
-"""The stage options: one declaration of the names and defaults of the caps and guard.
+"""The stage options: one declaration of the names and defaults of the stages.
 
 :func:`lyapopt.stabilize`, :func:`lyapopt.lyapunov_sgd`,
 :func:`lyapopt.lyapunov_adam` and the stage transforms themselves
-(:func:`lyapopt.scale_by_curvature`, :func:`lyapopt.scale_by_level`,
-:func:`lyapopt.lyapunov_guard`) take these options under these names, with
+(:func:`lyapopt.scale_by_held_out_rate`, :func:`lyapopt.scale_by_curvature`,
+:func:`lyapopt.scale_by_level`, :func:`lyapopt.lyapunov_guard`) take these options under these names, with
 these defaults; a test checks every signature against :data:`DEFAULTS`.
 Each factory still spells its arguments out, so that
 ``optax.inject_hyperparams`` (which reads the signature) can inject them.
@@ -14,12 +14,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import optax
 
 
 class StageOptions(NamedTuple):
     """How much of a proposed step to take, and whether to take it.
 
     Attributes:
+      rate_every: measure the rate of :func:`lyapopt.scale_by_held_out_rate`
+        every this many steps; ``None`` (the default) turns that stage off
+        and the wrapped optimizer's own rate is used.
+      rate_shape: the schedule shape (value 1 at step 0) that multiplies the
+        measured rate; ``None``: 1. Only with ``rate_every``.
       safety: the curvature cap's fraction of the model's minimum ``s*``;
         ``None`` turns the cap off.
       curvature_every: measure the curvature every this many steps.
@@ -40,6 +46,8 @@ class StageOptions(NamedTuple):
         loss over a sharded batch is already global.
     """
 
+    rate_every: int | jax.Array | None = None
+    rate_shape: optax.ScalarOrSchedule | None = None
     safety: float | jax.Array | None = 1.0
     curvature_every: int | jax.Array = 1
     max_scale: float | jax.Array = 1.0

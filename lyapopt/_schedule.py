@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +102,7 @@ def exponential_schedule(
         end_value=end_value,
     )
 
-    def schedule(count: jax.Array) -> jax.Array:
+    def schedule(count: jax.typing.ArrayLike) -> jax.typing.ArrayLike:
         return unit_decay(count * (decay_constant / steps_per_epoch))
 
     return schedule
@@ -111,7 +111,9 @@ def exponential_schedule(
 class ScaleByLoggedLearningRateState(NamedTuple):
     """State of :func:`scale_by_logged_learning_rate`."""
 
-    count: jax.Array  # int32, saturating
+    # int32, saturating; optax's name, though a NamedTuple field of that name
+    # shadows tuple.count.
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     learning_rate: jax.Array  # the rate applied at the last step
 
 
@@ -166,7 +168,8 @@ def scale_by_logged_learning_rate(
         factor = sign * rate
         updates = jax.tree.map(lambda u: factor.astype(u.dtype) * u, updates)
         return updates, ScaleByLoggedLearningRateState(
-            count=optax.safe_increment(state.count), learning_rate=rate
+            count=cast(jax.Array, optax.safe_increment(state.count)),
+            learning_rate=rate,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

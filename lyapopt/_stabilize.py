@@ -1,4 +1,4 @@
-"""Any optax optimizer under the curvature cap, the level cap and the guard."""
+"""Any optax optimizer under the held-out rate, the caps and the guard."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from lyapopt._curvature import CurvatureCap
 from lyapopt._guard import Guard
 from lyapopt._level import LevelCap
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
+from lyapopt._rate import HeldOutRate
 
 # `stabilize` keeps optax.apply_if_finite's state, and its rule with no
 # limit on the non-finite steps in a row: it never lets a NaN through.
@@ -25,6 +26,7 @@ class StabilizeState(NamedTuple):
     """State of :func:`stabilize`: the wrapped optimizer's, then each stage's."""
 
     inner_state: Any  # optax.ApplyIfFiniteState around the wrapped state
+    rate: Any  # ScaleByHeldOutRateState, or optax.EmptyState without it
     curvature: Any  # ScaleByCurvatureState, or optax.EmptyState without the cap
     level: Any  # ScaleByLevelState, or optax.EmptyState without the level cap
     guard: Any  # LyapunovGuardState, or optax.EmptyState without the guard
@@ -153,12 +155,22 @@ def _run_if(flag: jax.Array, body: Any, operand: Any) -> Any:
 
 
 def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
-    """The curvature cap, the level cap and the guard that ``options`` asks for,
-    in the order they run; a stage that is off is :class:`_stage.Off`, so the
-    state keeps its shape."""
+    """The held-out rate, the curvature cap, the level cap and the guard that
+    ``options`` asks for, in the order they run; a stage that is off is
+    :class:`_stage.Off`, so the state keeps its shape."""
     check_choice("stabilize", "guard", options.guard, (*GUARD_MODES, None))
+    if options.rate_every is None and options.rate_shape is not None:
+        raise ValueError(
+            "stabilize: `rate_shape` multiplies the rate that `rate_every` "
+            "measures, and `rate_every` is None (the held-out rate is off). Pass "
+            "`rate_every=4` to measure the rate every 4 steps, or put the "
+            "schedule in the wrapped optimizer's learning rate."
+        )
     off = _stage.Off()
     return (
+        off
+        if options.rate_every is None
+        else HeldOutRate(options.rate_every, options.rate_shape),
         off
         if options.safety is None
         else CurvatureCap(options.safety, options.curvature_every, options.max_scale),
@@ -174,6 +186,8 @@ def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
 def stabilize(
     tx: optax.GradientTransformation,
     *,
+    rate_every: int | jax.Array | None = DEFAULTS.rate_every,
+    rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
     max_scale: float | jax.Array = DEFAULTS.max_scale,
@@ -194,15 +208,19 @@ def stabilize(
        (the rule and the state of :func:`optax.apply_if_finite`, never
        giving up, without its copy of the update), so it corrupts neither
        the parameters nor the state of ``tx``;
-    2. :func:`lyapopt.scale_by_curvature` caps the step at ``safety`` times
+    2. :func:`lyapopt.scale_by_held_out_rate` sets the rate from the
+       quadratic model along the last step, measured on the current batch
+       every ``rate_every`` steps, times the shape ``rate_shape``
+       (optional; off by default);
+    3. :func:`lyapopt.scale_by_curvature` caps the step at ``safety`` times
        the minimum of the local quadratic model (measured every
        ``curvature_every`` steps);
-    3. :func:`lyapopt.scale_by_level` caps it where the linear model reaches
+    4. :func:`lyapopt.scale_by_level` caps it where the linear model reaches
        ``level`` (optional);
-    4. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
+    5. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
        the loss (``guard`` is its mode; ``None`` turns it off).
 
-    ``g.u`` for stages 2-4 comes from the cap's forward-over-forward pass
+    ``g.u`` for stages 3-5 comes from the cap's forward-over-forward pass
     where it measures the curvature at every step (the default). Otherwise
     it is the dot product of ``tx``'s update with the gradient, taken right
     after ``tx``'s step, so the gradient is not held until the stages and
@@ -227,8 +245,16 @@ def stabilize(
     Keeping the old state instead would hold two copies of it alive at the
     peak of the step.
 
+    With ``rate_every``, give ``tx`` a constant learning rate (the rate
+    the measurement starts from) and the schedule's shape as
+    ``rate_shape``: a decay inside ``tx`` is undone by the measurement.
+
     Args:
       tx: the optax optimizer to stabilise.
+      rate_every: measure the rate every this many steps
+        (:func:`lyapopt.scale_by_held_out_rate`); ``None`` turns that stage
+        off.
+      rate_shape: the schedule shape that multiplies the measured rate.
       safety: the cap's fraction of the model's minimum; ``None`` turns the
         curvature cap off.
       curvature_every: measure the curvature every this many steps.
@@ -289,8 +315,9 @@ def stabilize(
     # With the curvature measured at every step, g.u comes from the cap's
     # pass: a dot product with the gradient would hold the gradient beside
     # the update.
-    cap = chain[0]
-    measures_every_step = isinstance(cap, CurvatureCap) and cap.every_step
+    measures_every_step = any(
+        isinstance(stage, CurvatureCap) and stage.every_step for stage in chain
+    )
 
     def init_fn(params: optax.Params) -> StabilizeState:
         return StabilizeState(

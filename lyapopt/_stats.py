@@ -12,6 +12,7 @@ from lyapopt._curvature import ScaleByCurvatureState
 from lyapopt._guard import LyapunovGuardState
 from lyapopt._level import ScaleByLevelState
 from lyapopt._modulation import ScaleByGradientModulationState
+from lyapopt._rate import ScaleByHeldOutRateState
 from lyapopt._schedule import ScaleByLoggedLearningRateState
 
 # For each state type: (field in the state, name in the stats dict). A name
@@ -23,6 +24,13 @@ _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
         ("factor", "modulation"),
         ("norm", "update_norm"),
         ("nonfinite", "nonfinite_gradients"),
+    ),
+    ScaleByHeldOutRateState: (
+        ("rate", "rate"),
+        ("scale", "rate_scale"),
+        ("optimum", "rate_optimum"),
+        ("measurements", "rate_measurements"),
+        ("rejected", "rate_rejected"),
     ),
     ScaleByCurvatureState: (
         ("curvature", "curvature"),
@@ -58,7 +66,7 @@ def _unwrap(x: Any) -> Any:
     return x.value if hasattr(x, "value") else x
 
 
-def _states(tree: Any) -> Iterator[Any]:
+def _states(tree: optax.OptState) -> Iterator[tuple[Any, ...]]:
     """The known states in ``tree``, outer before inner, in tree order."""
     known = tuple(_FIELDS)
     for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, known)):
@@ -67,7 +75,7 @@ def _states(tree: Any) -> Iterator[Any]:
             yield from _states(tuple(x))  # e.g. ApplyIfFiniteState.inner_state
 
 
-def stats(opt_state: Any) -> dict[str, jax.Array]:
+def stats(opt_state: optax.OptState) -> dict[str, jax.Array]:
     """The diagnostics of every lyapopt transform in an optimizer state.
 
     Walks any optax state (chains, ``inject_hyperparams``, ``MultiSteps``,
@@ -78,6 +86,11 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     ``learning_rate``            the rate applied at the last step
     ``modulation``               the factor ``1 / (1 + beta ||g||)``
     ``update_norm``              ``||g||`` as the modulation saw it
+    ``rate``                     the held-out rate, before its shape
+    ``rate_scale``               the factor it applied (rate times shape)
+    ``rate_optimum``             the best multiple of the step, last measured
+    ``rate_measurements``        measurements of the rate accepted
+    ``rate_rejected``            measurements refused (no step, no convexity)
     ``curvature``                ``u.Hu / u.u``, last measured
     ``s_star``                   ``-g.u / u.Hu``, the model's minimum
     ``curvature_scale``          the factor the curvature cap applied
@@ -97,7 +110,8 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
     ===========================  ==============================================
 
     ``step_size`` is the learning rate times every scale present
-    (``modulation``, ``curvature_scale``, ``level_scale``, ``guard_scale``);
+    (``modulation``, ``rate_scale``, ``curvature_scale``, ``level_scale``,
+    ``guard_scale``);
     for ``lyapunov_sgd`` it multiplies the gradient. Counters of the same
     event are added up (``nonfinite_gradients`` from
     :func:`optax.apply_if_finite` and from the modulation;
@@ -134,7 +148,13 @@ def stats(opt_state: Any) -> dict[str, jax.Array]:
             out[key] = value
     if "learning_rate" in out:
         step_size = out["learning_rate"]
-        for name in ("modulation", "curvature_scale", "level_scale", "guard_scale"):
+        for name in (
+            "modulation",
+            "rate_scale",
+            "curvature_scale",
+            "level_scale",
+            "guard_scale",
+        ):
             if name in out:
                 step_size = step_size * out[name]
         out["step_size"] = step_size

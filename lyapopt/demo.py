@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ from flax import nnx
 import lyapopt
 
 LEARNING_RATES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformationExtraArgs]] = {
     "lyapunov_adam": lambda lr: lyapopt.lyapunov_adam(lr),
     "optax.adam": lambda lr: optax.adam(lr),
 }
@@ -49,14 +48,18 @@ class MLP(nnx.Module):
         return self.layers[-1](x)
 
 
-def digits_split(seed: int = 0) -> tuple[np.ndarray, ...]:
+def digits_split(
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits, scaled to [0, 1], split 70/30 (stratified)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
-    return tuple(train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y))
+    parts = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
+    x_train, x_test, y_train, y_test = (np.asarray(a) for a in parts)
+    return x_train, x_test, y_train, y_test
 
 
 @dataclass
@@ -84,20 +87,20 @@ class Run:
 
 
 def train(
-    make_tx: Callable[[float], optax.GradientTransformation],
+    make_tx: Callable[[float], optax.GradientTransformationExtraArgs],
     learning_rate: float,
     data: tuple[np.ndarray, ...],
     *,
     steps: int,
     seed: int = 0,
-    on_step: Callable[[], Any] = lambda: None,
+    on_step: Callable[[], object] = lambda: None,
 ) -> tuple[np.ndarray, float, float]:
     """Full-batch training; returns (losses, test accuracy, seconds)."""
     x_train, x_test, y_train, y_test = (jnp.asarray(a) for a in data)
     model = MLP((64, 128, 128, 10), rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model, nnx.Param)
 
-    def loss_fn(p: Any) -> jax.Array:
+    def loss_fn(p: optax.Params) -> jax.Array:
         logits = nnx.merge(graphdef, p)(x_train)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
 
@@ -105,7 +108,9 @@ def train(
     state = tx.init(params)
 
     @jax.jit
-    def step(p: Any, s: Any) -> tuple[Any, Any, jax.Array]:
+    def step(
+        p: optax.Params, s: optax.OptState
+    ) -> tuple[optax.Params, optax.OptState, jax.Array]:
         loss, grads = jax.value_and_grad(loss_fn)(p)
         updates, s = tx.update(grads, s, p, value=loss, value_fn=loss_fn)
         return optax.apply_updates(p, updates), s, loss
@@ -167,7 +172,7 @@ def plot(runs: list[Run], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[Run]:
     parser = argparse.ArgumentParser(
-        prog="python -m lyapopt.demo", description=__doc__.split("\n")[0]
+        prog="python -m lyapopt.demo", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument(
         "--steps", type=int, default=300, help="full-batch steps per run"

@@ -7,7 +7,6 @@ and raise ``AssertionError`` with the step and the numbers that broke them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import chex
 import jax
@@ -71,9 +70,9 @@ def assert_monotone_decrease(
 
 
 def assert_lyapunov_step(
-    value_fn: Callable[[Any], jax.Array],
-    params: Any,
-    updates: Any,
+    value_fn: Callable[[optax.Params], jax.Array],
+    params: optax.Params,
+    updates: optax.Updates,
     *,
     tolerance: float = 0.0,
 ) -> None:

@@ -37,6 +37,7 @@ ROWS = 256  # 32 per device on 8 devices
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": lambda **kw: lyapopt.lyapunov_adam(1.0, **kw),
     "adam_every_3": lambda **kw: lyapopt.lyapunov_adam(1.0, curvature_every=3, **kw),
+    "adam_rate_every_2": lambda **kw: lyapopt.lyapunov_adam(1.0, rate_every=2, **kw),
     "sgd": lambda **kw: lyapopt.lyapunov_sgd(**kw),
     "sgd_first_order": lambda **kw: lyapopt.lyapunov_sgd(
         0.5, safety=None, guard=None, **kw
@@ -241,6 +242,8 @@ RUNS = {
     "shard_map/adam": lambda: shard_mapped("adam"),
     "pmap/adam": lambda: pmapped("adam"),
     "pmap/sgd": lambda: pmapped("sgd"),
+    "pmap/adam_rate_every_2": lambda: pmapped("adam_rate_every_2"),
+    "shard_map/adam_rate_every_2": lambda: shard_mapped("adam_rate_every_2"),
     **{
         f"explicit/{name}": functools.partial(fsdp, "explicit", name)
         for name in OPTIMIZERS

@@ -13,6 +13,8 @@ from benchmarks import cli, markdown, report, train
 from benchmarks.optimizers import COMPONENTS, LEARNING_RATES, OPTIMIZERS
 from benchmarks.tasks import TASKS
 
+pytestmark = pytest.mark.slow  # a benchmark smoke
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -19,6 +19,8 @@ import lyapopt
 from tests import digits
 from tests.helpers import make_step
 
+pytestmark = pytest.mark.slow  # runs resumed from checkpoints
+
 BATCH = digits.batch(256)
 PARAMS = digits.init(jax.random.key(0))
 STEPS = 8  # in all; the broken run stops after half of them

@@ -53,6 +53,11 @@ CASES = {
         {"safety": 0.5, "curvature_every": 3},
         lambda t: optax.chain(optax.sgd(10.0), t, lyapopt.lyapunov_guard()),
     ),
+    "scale_by_held_out_rate": Case(
+        lyapopt.scale_by_held_out_rate,
+        {"rate_every": 2},
+        lambda t: optax.chain(optax.sgd(0.1), t, lyapopt.lyapunov_guard()),
+    ),
     "scale_by_level": Case(
         lyapopt.scale_by_level,
         {"level": 0.0},
@@ -83,6 +88,9 @@ CASES = {
     "lyapunov_adam": Case(lyapopt.lyapunov_adam, {}, _alone),
     "lyapunov_adam_every_10": Case(
         lyapopt.lyapunov_adam, {"curvature_every": 10}, _alone
+    ),
+    "lyapunov_adam_rate_every_4": Case(
+        lyapopt.lyapunov_adam, {"rate_every": 4}, _alone
     ),
 }
 
@@ -162,6 +170,7 @@ def test_multisteps_accumulates_then_takes_one_step(case: Case) -> None:
     np.testing.assert_allclose(second, single, rtol=1e-6)
 
 
+@pytest.mark.slow
 @cases
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
 def test_keeps_dtypes(case: Case, dtype: str) -> None:

@@ -50,6 +50,7 @@ def test_a_100k_step_run_still_lowers_the_loss_in_its_last_10k_steps(name: str) 
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_the_decay_is_off_by_default_and_the_papers_decay_is_one_argument_away() -> (
     None
 ):

@@ -8,6 +8,8 @@ import pytest
 
 from lyapopt import demo
 
+pytestmark = pytest.mark.slow  # the demo's training runs
+
 
 def test_demo_prints_the_table_writes_the_plot_and_lyapunov_adam_holds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

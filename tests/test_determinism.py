@@ -9,6 +9,9 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # runs in subprocesses
 
 # A data-parallel run of lyapunov_adam at a rate large enough to make the
 # guard backtrack; prints the parameters' hash and every step's decisions.

@@ -208,6 +208,7 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
 def test_the_python_blocks_of_a_page_run(
     page: Path, started: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

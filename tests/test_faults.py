@@ -70,6 +70,7 @@ def _all_finite(tree: Any) -> bool:
 
 # With the paper's decay (0.1's default): at a constant rate Adam ends where
 # its last minibatches leave it, and the faulty and clean runs end 6.6% apart.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make",
     [

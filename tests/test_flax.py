@@ -66,6 +66,7 @@ def nnx_train(
     return model, optimizer, losses, logs, traces
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", [lyapopt.lyapunov_sgd, lyapopt.lyapunov_adam])
 def test_nnx_optimizer_takes_the_steps_of_tx_update_on_plain_arrays(factory) -> None:
     tx = factory(1.0)
@@ -83,6 +84,7 @@ def test_nnx_optimizer_takes_the_steps_of_tx_update_on_plain_arrays(factory) -> 
     assert len(traces) == 1  # nnx.jit traced the step once
 
 
+@pytest.mark.slow
 def test_nnx_training_decreases_the_loss_where_adam_diverges() -> None:
     _, optimizer, losses, logs, _ = nnx_train(lyapopt.lyapunov_adam(10.0))
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
@@ -167,6 +169,7 @@ def linen_state(tx: optax.GradientTransformation) -> tuple[TrainState, callable]
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx), loss_fn
 
 
+@pytest.mark.slow
 def test_linen_apply_gradients_is_the_train_state_step_with_value_fn() -> None:
     state, loss_fn = linen_state(lyapopt.lyapunov_adam(10.0))
 

@@ -24,6 +24,8 @@ import pytest
 
 from tests.helpers import run_on_devices
 
+pytestmark = pytest.mark.slow  # the examples train to accuracy, one on 2 devices
+
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = ("flax_nnx_tutorial.py", "flax_linen_mnist.py", "flax_pmap_runs.py")
 

@@ -18,6 +18,8 @@ import pytest
 
 from benchmarks import gpu
 
+pytestmark = pytest.mark.slow  # the benchmark script, compiled at its tiny size
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:

@@ -89,6 +89,7 @@ def test_check_mode_raises_under_chexify() -> None:
     np.testing.assert_array_equal(jax.jit(step)(X, tx.init(X)), X + OVERSHOOT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decrease", [0.0, 0.25])
 @pytest.mark.parametrize("mode", ["backtrack", "skip"])
 def test_never_accepts_an_increase_on_random_quadratics(

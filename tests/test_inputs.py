@@ -44,6 +44,7 @@ def test_init_accepts_shape_dtype_structs(name: str) -> None:
             assert (a.shape, a.dtype) == (r.shape, r.dtype)
 
 
+@pytest.mark.slow
 @optimizers
 def test_the_optimizer_state_can_be_donated(name: str) -> None:
     # 0.1 shared one zero array between three state fields: "Attempt to
@@ -78,6 +79,7 @@ def _complex_problem():
     return loss, real_loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "factory",
     [

@@ -12,6 +12,8 @@ import pytest
 
 from benchmarks import cli, lm_spikes
 
+pytestmark = pytest.mark.slow  # a benchmark smoke
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from benchmarks import memory
 
+pytestmark = pytest.mark.slow  # compiles of million-parameter steps
+
 WIDTH = memory.width_for(1e6)
 PARAMS = memory.mlp_shapes(WIDTH)
 PARAM_BYTES = 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(PARAMS))

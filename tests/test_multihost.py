@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # two processes
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, STOP = 8, 4

@@ -29,6 +29,8 @@ from optax.contrib import _common_test as contrib_test
 
 import lyapopt
 
+pytestmark = pytest.mark.slow  # optax's suites, compiled for every optimizer
+
 # The configurations under test: each lyapopt optimizer at its defaults, the
 # paper's first-order rule, stabilize around two optax optimizers, and the
 # curvature measured every 10 steps. The first-order rule has no cap, so
@@ -321,9 +323,11 @@ def test_explicit_dtype(params_dtype: Any, state_dtype: Any, opt_name: str) -> N
 STAGES = {
     "scale_by_curvature": lambda: lyapopt.scale_by_curvature(),
     "scale_by_curvature_every2": lambda: lyapopt.scale_by_curvature(curvature_every=2),
+    "scale_by_held_out_rate": lambda: lyapopt.scale_by_held_out_rate(2),
     "scale_by_level": lambda: lyapopt.scale_by_level(0.0),
     "lyapunov_guard": lambda: lyapopt.lyapunov_guard(),
     "stabilize": lambda: lyapopt.stabilize(optax.sgd(0.1)),
+    "stabilize_rate": lambda: lyapopt.stabilize(optax.sgd(0.1), rate_every=1),
 }
 FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 

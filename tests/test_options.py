@@ -51,6 +51,7 @@ def test_every_stage_option_has_the_shared_name_and_default(factory) -> None:
     [
         (lyapopt.scale_by_curvature, ("safety", "curvature_every", "max_scale")),
         (lyapopt.lyapunov_guard, ("tolerance", "max_backtracks", "decrease")),
+        (lyapopt.scale_by_held_out_rate, ("rate_shape",)),
     ],
 )
 def test_the_stage_transforms_use_the_same_names_and_defaults(factory, names) -> None:
@@ -87,6 +88,8 @@ def _quadratic_steps(tx, steps: int = 4, lr_scale: float = 1.0):
 
 
 NON_DEFAULT = {
+    "rate_every": 2,
+    "rate_shape": optax.linear_schedule(1.0, 0.5, 4),
     "safety": 0.5,
     "curvature_every": 3,
     "max_scale": 2.0,
@@ -99,23 +102,28 @@ NON_DEFAULT = {
 
 
 # axis_name needs a mapped axis: tests/test_sharding.py runs it under pmap.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "option", [f for f in StageOptions._fields if f != "axis_name"]
 )
 def test_lyapunov_adam_forwards_every_stage_option_to_stabilize(option: str) -> None:
-    value = NON_DEFAULT[option]
-    ours = _quadratic_steps(lyapopt.lyapunov_adam(1.0, **{option: value}))[0]
+    # A shape multiplies a measured rate: it goes with `rate_every`.
+    options = {option: NON_DEFAULT[option]}
+    if option == "rate_shape":
+        options["rate_every"] = NON_DEFAULT["rate_every"]
+    ours = _quadratic_steps(lyapopt.lyapunov_adam(1.0, **options))[0]
     direct = _quadratic_steps(
         lyapopt.stabilize(
             optax.chain(
                 optax.scale_by_adam(), lyapopt.scale_by_logged_learning_rate(1.0)
             ),
-            **{option: value},
+            **options,
         )
     )[0]
     np.testing.assert_array_equal(ours, direct)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["tolerance", "max_backtracks", "decrease"])
 def test_the_guard_options_change_the_optimizers_steps(option: str) -> None:
     # 0.1's optimizers did not forward tolerance and max_backtracks at all.
@@ -130,6 +138,7 @@ def test_the_guard_options_change_the_optimizers_steps(option: str) -> None:
 # --- positional arguments as optax has them ---------------------------------
 
 
+@pytest.mark.slow
 def test_lyapunov_adam_takes_optax_adams_positional_arguments() -> None:
     names = list(_params(optax.adam))[:6]
     assert list(_params(lyapopt.lyapunov_adam))[:6] == names
@@ -145,6 +154,7 @@ def test_lyapunov_adam_takes_optax_adams_positional_arguments() -> None:
     np.testing.assert_array_equal(ours, direct)
 
 
+@pytest.mark.slow
 def test_lyapunov_sgd_takes_optax_sgds_positional_arguments() -> None:
     assert list(_params(lyapopt.lyapunov_sgd))[:4] == list(_params(optax.sgd))[:4]
     with_momentum = _quadratic_steps(lyapopt.lyapunov_sgd(0.1, 0.9, True))[0]
@@ -226,6 +236,7 @@ def test_a_nan_gradient_is_counted_once_in_nonfinite_gradients() -> None:
 # --- value_fn receives the extra arguments it names --------------------------
 
 
+@pytest.mark.slow
 def test_value_fn_gets_the_extra_arguments_it_names_as_in_optaxs_linesearch() -> None:
     # The calling pattern of optax.scale_by_backtracking_linesearch's docstring:
     # value_fn(params, x, y), with x and y passed to update as keywords.

@@ -10,6 +10,8 @@ import pytest
 
 from tests import reference_steps
 
+pytestmark = pytest.mark.slow  # 11 configurations, each compiled over 64 problems
+
 DATA = pathlib.Path(__file__).resolve().parent / "data" / "steps_0_2.npz"
 # Configurations whose evaluation order changed, equal to rounding only:
 # none so far (every path that `tests.reference_steps` runs kept its order).

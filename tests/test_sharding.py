@@ -16,10 +16,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+import pytest
 
 import lyapopt
 from tests import digits, sharded_runs
 from tests.helpers import run_on_devices
+
+pytestmark = pytest.mark.slow  # 8 CPU devices in a subprocess
 
 # Float32 rounding, summed in another order on 8 devices, over 10 steps: the
 # largest difference measured is 2.4e-6. The cap and the guard on one

@@ -55,6 +55,7 @@ def assert_trees_close(a: Any, b: Any, rtol: float = 1e-6, atol: float = 0.0) ->
 # --- optax.inject_hyperparams ---------------------------------------------
 
 
+@pytest.mark.slow
 @factories
 def test_inject_hyperparams_changes_rate_decay_and_safety_without_recompiling(
     factory: Callable,
@@ -96,6 +97,7 @@ def test_inject_hyperparams_changes_rate_decay_and_safety_without_recompiling(
 # --- optax.MultiSteps -----------------------------------------------------
 
 
+@pytest.mark.slow
 @factories
 def test_multisteps_takes_one_step_guarded_on_the_last_mini_batch(
     factory: Callable,
@@ -133,6 +135,7 @@ def test_multisteps_takes_one_step_guarded_on_the_last_mini_batch(
     assert float(last(after_second)) < float(last(PARAMS))
 
 
+@pytest.mark.slow
 def test_multisteps_pays_the_cap_and_the_guard_on_every_mini_step() -> None:
     factory = lyapopt.lyapunov_adam
     evaluations = []
@@ -164,6 +167,7 @@ def test_multisteps_pays_the_cap_and_the_guard_on_every_mini_step() -> None:
     assert mini == single
 
 
+@pytest.mark.slow
 def test_accumulating_in_one_step_guards_the_whole_batch() -> None:
     # MultiSteps' alternative: the micro-batches in a loop inside one step.
     tx = lyapopt.lyapunov_adam()
@@ -187,6 +191,7 @@ def test_accumulating_in_one_step_guards_the_whole_batch() -> None:
 # --- optax.apply_if_finite ------------------------------------------------
 
 
+@pytest.mark.slow
 @factories
 def test_apply_if_finite_drops_a_nan_step_and_counts_it(factory: Callable) -> None:
     tx = optax.apply_if_finite(factory(), max_consecutive_errors=3)
@@ -217,6 +222,7 @@ def test_apply_if_finite_drops_a_nan_step_and_counts_it(factory: Callable) -> No
 # --- optax.chain with optax.clip_by_global_norm ---------------------------
 
 
+@pytest.mark.slow
 @factories
 def test_clip_by_global_norm_before_lyapopt_clips_what_it_sees(
     factory: Callable,

@@ -33,7 +33,7 @@ any loss with weight decay), pass ``coercive=True``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +57,8 @@ class LevelSetComponents(NamedTuple):
 
 
 def level_set_components(
-    values: Any,
-    level: Any,
+    values: np.typing.ArrayLike,
+    level: np.typing.ArrayLike,
     *,
     connectivity: int = 1,
     coercive: bool = False,
@@ -134,7 +134,11 @@ def level_set_components(
         grid = np.pad(grid, 1, constant_values=np.inf)
 
     def count(mask: np.ndarray) -> int:
-        return int(ndimage.label(mask, structure=structure)[1])
+        # Without `output`, label returns (labels, number of components).
+        labelled = cast(
+            tuple[np.ndarray, int], ndimage.label(mask, structure=structure)
+        )
+        return int(labelled[1])
 
     superlevel = np.empty(levels.shape, dtype=np.int64)
     sublevel = np.empty(levels.shape, dtype=np.int64)
@@ -160,7 +164,9 @@ class LossSlice(NamedTuple):
     values: jax.Array  # (ny, nx)
 
 
-def _extent(where: str, extent: Any) -> tuple[float, float, float, float]:
+def _extent(
+    where: str, extent: float | Sequence[float]
+) -> tuple[float, float, float, float]:
     if np.ndim(extent) == 0:
         check_number(
             where,
@@ -171,7 +177,7 @@ def _extent(where: str, extent: Any) -> tuple[float, float, float, float]:
             fix="Pass a radius such as 1.0, or (alpha_min, alpha_max, beta_min, "
             "beta_max).",
         )
-        r = float(extent)
+        r = float(cast(float, extent))
         return (-r, r, -r, r)
     bounds = tuple(float(e) for e in np.asarray(extent, dtype=np.float64).ravel())
     if len(bounds) != 4 or not (bounds[0] < bounds[1] and bounds[2] < bounds[3]):
@@ -179,11 +185,11 @@ def _extent(where: str, extent: Any) -> tuple[float, float, float, float]:
             f"{where}: `extent` must be a radius or (alpha_min, alpha_max, "
             f"beta_min, beta_max) with each min below its max, got {extent!r}."
         )
-    return bounds  # type: ignore[return-value]
+    return bounds[0], bounds[1], bounds[2], bounds[3]
 
 
 def _grid_sizes(where: str, num: int | Sequence[int]) -> tuple[int, int]:
-    sizes = (num, num) if np.ndim(num) == 0 else tuple(num)
+    sizes = (num, num) if np.ndim(num) == 0 else tuple(cast(Sequence[int], num))
     if len(sizes) != 2:
         raise ValueError(
             f"{where}: `num` must be an integer or a pair (nx, ny), got {num!r}."
@@ -197,13 +203,14 @@ def _grid_sizes(where: str, num: int | Sequence[int]) -> tuple[int, int]:
             integer=True,
             fix="Pass the points per axis, such as 41.",
         )
-    return int(sizes[0]), int(sizes[1])
+    nx, ny = cast(tuple[int, int], sizes)
+    return int(nx), int(ny)
 
 
 def loss_slice(
-    value_fn: Callable[[Any], jax.Array],
-    params: Any,
-    directions: tuple[Any, Any],
+    value_fn: Callable[[optax.Params], jax.Array],
+    params: optax.Params,
+    directions: tuple[optax.Updates, optax.Updates],
     *,
     extent: float | Sequence[float] = 1.0,
     num: int | Sequence[int] = 41,
@@ -291,8 +298,8 @@ def loss_slice(
 
 
 def filter_normalized_directions(
-    key: jax.Array, params: Any, *, ignore_1d: bool = True
-) -> tuple[Any, Any]:
+    key: jax.Array, params: optax.Params, *, ignore_1d: bool = True
+) -> tuple[optax.Updates, optax.Updates]:
     r"""Two random directions, each filter scaled to its weights' norm.
 
     Li et al. (2018): draw ``d`` from a standard normal like ``params``, then
@@ -353,13 +360,14 @@ def filter_normalized_directions(
 class TrajectoryPCA(NamedTuple):
     """The plane of a trajectory: ``snapshot_i ~ center + c_i1 d1 + c_i2 d2``."""
 
-    center: Any  # a tree like one snapshot
-    directions: tuple[Any, Any]  # (d1, d2), orthonormal over the whole tree
+    center: optax.Params  # a tree like one snapshot
+    # (d1, d2), orthonormal over the whole tree
+    directions: tuple[optax.Updates, optax.Updates]
     coordinates: jax.Array  # (n, 2): each snapshot's (alpha, beta)
     explained_variance: jax.Array  # (2,): share of sum ||snapshot - center||^2
 
 
-def _snapshots(where: str, trajectory: Any) -> int:
+def _snapshots(where: str, trajectory: optax.Params) -> int:
     """The number of snapshots in a stacked trajectory (leading axis)."""
     leaves = jax.tree.leaves(trajectory)
     sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
@@ -370,10 +378,12 @@ def _snapshots(where: str, trajectory: Any) -> int:
             "returns); stack a list of snapshots with "
             "`jax.tree.map(lambda *x: jnp.stack(x), *snapshots)`."
         )
-    return int(sizes.pop())
+    return int(cast(int, sizes.pop()))  # not None: checked above
 
 
-def pca_directions(trajectory: Any, *, center: Any = None) -> TrajectoryPCA:
+def pca_directions(
+    trajectory: optax.Params, *, center: optax.Params | None = None
+) -> TrajectoryPCA:
     r"""The top two principal directions of a trajectory of parameters.
 
     Li et al. (2018) plot a run in the plane that holds most of it: with
@@ -419,9 +429,8 @@ def pca_directions(trajectory: Any, *, center: Any = None) -> TrajectoryPCA:
         raise ValueError(
             f"{where}: `trajectory` needs at least two snapshots, got {n}."
         )
-    if center is None:
-        center = jax.tree.map(lambda x: x[-1], trajectory)
-    flat_center, unravel = ravel_pytree(center)
+    origin = jax.tree.map(lambda x: x[-1], trajectory) if center is None else center
+    flat_center, unravel = ravel_pytree(origin)
     flat = jax.vmap(lambda t: ravel_pytree(t)[0])(trajectory)
     dtype = jnp.promote_types(flat.dtype, jnp.float32)
     diffs = (flat - flat_center).astype(dtype)
@@ -440,7 +449,7 @@ def pca_directions(trajectory: Any, *, center: Any = None) -> TrajectoryPCA:
     explained = jnp.where(total > 0, share / jnp.where(total > 0, total, 1.0), 0.0)
     directions = (unravel(vt[0]), unravel(vt[1]))
     return TrajectoryPCA(
-        center=center,
+        center=origin,
         directions=directions,
         coordinates=coordinates,
         explained_variance=explained,
@@ -466,9 +475,9 @@ class PathChecks(NamedTuple):
 
 
 def path_checks(
-    value_fn: Callable[[Any], jax.Array],
-    trajectory: Any,
-    learning_rates: Any,
+    value_fn: Callable[[optax.Params], jax.Array],
+    trajectory: optax.Params,
+    learning_rates: jax.typing.ArrayLike,
     *,
     key: jax.Array,
     num: int = 11,
@@ -561,7 +570,9 @@ def path_checks(
     starts = jax.tree.map(lambda x: x[:-1], trajectory)
     ends = jax.tree.map(lambda x: x[1:], trajectory)
 
-    def one(args: tuple[Any, Any, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    def one(
+        args: tuple[optax.Params, optax.Params, jax.Array],
+    ) -> tuple[jax.Array, jax.Array]:
         a, b, k = args
         _, profile = segment_profile(value_fn, a, b, num)
         return profile, sharpness(value_fn, a, num_iters=num_iters, key=k)

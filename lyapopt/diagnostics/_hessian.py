@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,11 @@ from lyapopt import _line
 from lyapopt._checks import check_key, check_like_params, check_number
 
 
-def hvp(value_fn: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
+def hvp(
+    value_fn: Callable[[optax.Params], jax.Array],
+    params: optax.Params,
+    v: optax.Updates,
+) -> optax.Updates:
     """The Hessian-vector product ``H(params) v`` by forward-over-reverse.
 
     ``jax.jvp(jax.grad(value_fn), (params,), (v,))``: several times the cost
@@ -48,8 +52,8 @@ def hvp(value_fn: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
 
 
 def sharpness(
-    value_fn: Callable[[Any], jax.Array],
-    params: Any,
+    value_fn: Callable[[optax.Params], jax.Array],
+    params: optax.Params,
     *,
     num_iters: int = 20,
     key: jax.Array,
@@ -95,17 +99,16 @@ def sharpness(
     check_key("sharpness", key)
     dtype = _line.scalar_dtype(params)
 
-    def normalised(v: Any) -> Any:
+    def normalised(v: optax.Updates) -> optax.Updates:
         norm = optax.tree.norm(optax.tree.cast(v, dtype))
         return jax.tree.map(lambda x: x / norm.astype(x.dtype), v)
 
-    def rayleigh(v: Any) -> tuple[Any, jax.Array]:
+    def rayleigh(v: optax.Updates) -> tuple[optax.Updates, jax.Array]:
         hv = hvp(value_fn, params, v)
-        return hv, optax.tree.vdot(
-            optax.tree.cast(v, dtype), optax.tree.cast(hv, dtype)
-        )
+        vhv = optax.tree.vdot(optax.tree.cast(v, dtype), optax.tree.cast(hv, dtype))
+        return hv, cast(jax.Array, vhv)
 
-    def body(_: int, v: Any) -> Any:
+    def body(_: int, v: optax.Updates) -> optax.Updates:
         return normalised(rayleigh(v)[0])
 
     v = normalised(optax.tree.random_like(key, params))
@@ -114,9 +117,9 @@ def sharpness(
 
 
 def segment_profile(
-    value_fn: Callable[[Any], jax.Array],
-    a: Any,
-    b: Any,
+    value_fn: Callable[[optax.Params], jax.Array],
+    a: optax.Params,
+    b: optax.Params,
     num: int = 11,
 ) -> tuple[jax.Array, jax.Array]:
     """The loss along the segment from ``a`` to ``b``.

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optax
+
+if TYPE_CHECKING:
+    from flax.training.train_state import TrainState
+
+TrainStateT = TypeVar("TrainStateT", bound="TrainState")
 
 _OVERWRITE = "overwrite_with_gradient"  # flax.core.meta's OVERWRITE_WITH_GRADIENT
 _OWN = ("step", "params", "opt_state")  # the fields the step itself sets
 
 
-def apply_gradients(state: Any, *, grads: Any, **kwargs: Any) -> Any:
+def apply_gradients(
+    state: TrainStateT, *, grads: optax.Updates, **kwargs: Any
+) -> TrainStateT:
     """``TrainState.apply_gradients`` that also passes extra arguments to ``tx``.
 
     Flax Linen's ``state.apply_gradients(grads=..., **kwargs)`` calls

@@ -11,19 +11,23 @@ the model (and into every other NNX object the loss is given, such as the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 
+if TYPE_CHECKING:
+    from flax import nnx
+    from flax.nnx.filterlib import Filter
+
 
 def nnx_value_fn(
-    model: Any,
+    model: nnx.Module,
     loss_fn: Callable[..., Any],
     *args: Any,
-    wrt: Any = None,
+    wrt: Filter | None = None,
     has_aux: bool = False,
     **kwargs: Any,
-) -> Callable[[Any], jax.Array]:
+) -> Callable[[nnx.State], jax.Array]:
     """The loss of an NNX model as a function of its parameters' state.
 
     Returns ``value_fn`` with ``value_fn(params) = loss_fn(model', *args',
@@ -109,7 +113,7 @@ def nnx_value_fn(
     # from this state, and what loss_fn writes goes to a fresh copy.
     rest = nnx.as_pure(rest)
 
-    def value_fn(params: Any) -> jax.Array:
+    def value_fn(params: nnx.State) -> jax.Array:
         fresh = nnx.merge(graphdef, nnx.State({0: params}), rest)
         call = list(leaves)
         for i, node in zip(at, fresh[1:], strict=True):
