@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from benchmarks.lm_instability.runs import (
     GUARD_KEYS,
     events,
     guard_record,
+    peer_names,
     recovery,
     spike_steps,
 )
@@ -91,6 +93,8 @@ def test_adagc_rejects_bad_arguments(kw) -> None:
 # --- the study -----------------------------------------------------------------
 
 
+# The quick study (about 16 s on 2 cores, most of it compiling) is shared by
+# the tests marked slow below.
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("lm_instability")
@@ -98,6 +102,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
     return json.loads((out / f"{lmi.NAME}.json").read_text()), out
 
 
+@pytest.mark.slow  # the quick study: a benchmark smoke
 def test_every_peer_runs_on_every_setting_over_its_grid(quick: tuple) -> None:
     study, _ = quick
     assert set(lmi.QUICK.peers) <= set(lmi.PEERS)
@@ -113,6 +118,7 @@ def test_every_peer_runs_on_every_setting_over_its_grid(quick: tuple) -> None:
     assert set(study["cost"]["quick"]) == set(lmi.QUICK.peers)
 
 
+@pytest.mark.slow  # the quick study: a benchmark smoke
 def test_every_run_has_its_measures(quick: tuple) -> None:
     study, _ = quick
     steps = lmi.QUICK.steps
@@ -136,6 +142,7 @@ def test_every_run_has_its_measures(quick: tuple) -> None:
         assert all(v >= 0 for v in t["sensitivity"].values())
 
 
+@pytest.mark.slow  # the quick study: a benchmark smoke
 def test_the_guard_is_read_at_the_bad_batch(quick: tuple) -> None:
     study, _ = quick
     run = study["triggers"]["quick"]["runs"][lmi.RECOMMENDED][-1]
@@ -146,6 +153,7 @@ def test_the_guard_is_read_at_the_bad_batch(quick: tuple) -> None:
     assert bad["loss_on_bad_batch"] > 1.5 * run["batch_loss"][39]
 
 
+@pytest.mark.slow  # the quick study: a benchmark smoke
 def test_the_section_the_plots_and_the_goals_are_written(quick: tuple) -> None:
     study, out = quick
     md = (out / "RESULTS.md").read_text()
@@ -159,6 +167,7 @@ def test_the_section_the_plots_and_the_goals_are_written(quick: tuple) -> None:
     assert goals[2].holds is None  # bad data: measured, no threshold
 
 
+@pytest.mark.slow  # the quick study: a benchmark smoke
 def test_the_section_rebuilds_from_the_json_and_keeps_the_rest(
     quick: tuple, tmp_path: Path
 ) -> None:
@@ -173,6 +182,7 @@ def test_the_section_rebuilds_from_the_json_and_keeps_the_rest(
     assert "## Loss spikes provoked" in text
 
 
+@pytest.mark.slow  # the quick study: a benchmark smoke
 def test_a_part_of_the_study_runs_alone(quick: tuple, tmp_path: Path) -> None:
     # python -m benchmarks.lm_instability: the quick settings, two peers (their
     # runners compiled by the fixture already).
@@ -228,3 +238,12 @@ def test_spike_events_and_recovery() -> None:
     # The median of 10 losses (the mean of the 5th and 6th) is back at 2.0
     # once 6 of them are 2.0: the window starting at 106.
     assert recovery(loss, 100) == 6
+
+
+def test_the_recipe_runs_first_and_unknown_names_are_refused() -> None:
+    picked = replace(lmi.QUICK, peers=(lmi.RECOMMENDED,))
+    assert peer_names(picked) == (lmi.RECIPE, lmi.RECOMMENDED)
+    with pytest.raises(ValueError, match="unknown peers or triggers"):
+        peer_names(replace(lmi.QUICK, peers=("adamw",)))
+    with pytest.raises(ValueError, match="no_fixes"):
+        peer_names(replace(lmi.QUICK, triggers=("no_fix_100x",)))

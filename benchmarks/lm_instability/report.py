@@ -79,11 +79,14 @@ def goals(study: dict[str, Any]) -> list[Goal]:
         ]
         for n in ours
     }
-    g1 = all(s == 0 and not d for v in calm.values() for s, d in v) and bool(bad)
-    sens_rows, g2 = [], True
+    # A study of a part of the peers (``python -m benchmarks.lm_instability
+    # --peers``) may have no lyapopt peer: then no goal of lyapopt's holds.
+    g1 = all(s == 0 and not d for v in calm.values() for s, d in v)
+    g1 = g1 and bool(bad) and bool(ours)
+    sens_rows, g2 = [], bool(ours)
     for k, t in trig.items():
         s = t["sensitivity"]
-        best_ours = min(s[n] for n in ours)
+        best_ours = min((s[n] for n in ours), default=math.inf)
         others = [s[n] for n in opt_side]
         ok = best_ours <= min(others, default=math.inf) and best_ours <= s.get(
             ARCH, math.inf

@@ -18,7 +18,14 @@ import lyapopt
 from benchmarks import train
 from benchmarks.lm_instability.model import LMProblem
 from benchmarks.lm_instability.peers import PEERS, RECIPE, Peer
-from benchmarks.lm_instability.settings import TRIGGERS, Bad, Settings, Trigger, task
+from benchmarks.lm_instability.settings import (
+    NAME,
+    TRIGGERS,
+    Bad,
+    Settings,
+    Trigger,
+    task,
+)
 from benchmarks.lm_spikes import SPIKE_WINDOW, spikes
 from benchmarks.lm_spikes import settings as lm_spikes
 from benchmarks.spike_peers import SkipOnSpikeState
@@ -200,10 +207,24 @@ def sensitivity(finals: list[float], initial: float) -> float:
 # --- the study ---------------------------------------------------------------
 
 
+def peer_names(settings: Settings) -> tuple[str, ...]:
+    """The peers ``settings`` selects, the recipe first whether selected or
+    not: every setting's measures read against it."""
+    names = settings.peers or tuple(PEERS)
+    unknown = [n for n in names if n not in PEERS]
+    unknown += [t for t in settings.triggers if t not in TRIGGERS]
+    if unknown:
+        raise ValueError(
+            f"{NAME}: unknown peers or triggers {unknown}; the peers are "
+            f"{list(PEERS)}, the triggers {list(TRIGGERS)}."
+        )
+    return (RECIPE, *(n for n in names if n != RECIPE))
+
+
 def run(settings: Settings) -> dict[str, Any]:
     """Every peer of ``settings`` on each of its triggers, over the trigger's
     rate grid; the cost per step on the first trigger. Returns the JSON."""
-    names = settings.peers or tuple(PEERS)
+    names = peer_names(settings)
     out: dict[str, Any] = {"settings": asdict(settings), "triggers": {}}
     for tname in settings.triggers:
         trigger = TRIGGERS[tname]

@@ -87,7 +87,9 @@ class Settings:
     # them, the top ones.
     grid_points: int = 5
     triggers: tuple[str, ...] = ("no_fixes_100x", "bad_data_10x")
-    peers: tuple[str, ...] | None = None  # None: every peer
+    # None: every peer; the recipe runs first in any case (every setting's
+    # measures read against it).
+    peers: tuple[str, ...] | None = None
     timing_rounds: int = 3
     seed: int = 0
 
