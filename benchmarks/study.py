@@ -20,8 +20,9 @@ To add a study ``NAME``:
    ``markdown`` between ``BEGIN``/``END`` markers naming the study, ``plot``),
    with shared helpers from :mod:`benchmarks.markdown` and
    :mod:`benchmarks.figures`;
-2. in its ``__init__.py``, describe it: ``STUDY = Study(name=NAME,
-   run=lambda parts, quick: run(QUICK if quick else Settings()), ...)``;
+2. in its ``__init__.py``, describe it: ``STUDY = package(NAME, run,
+   Settings, QUICK, report)`` (or ``Study(...)`` in full, for a study of
+   several parts);
 3. add ``STUDY`` to :data:`benchmarks.cli.STUDIES`, the one registry.
 
 ``python -m benchmarks --tasks NAME`` then runs it (``--quick`` at its
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from benchmarks.machine import machine
@@ -89,6 +91,27 @@ class Study:
             object.__setattr__(self, "quick_parts", self.parts)
         if not self.filename:
             object.__setattr__(self, "filename", f"{self.name}.json")
+
+
+def package(
+    name: str,
+    run: Callable[[Any], Results],
+    settings: Callable[[], Any],
+    quick: Any,
+    report: ModuleType,
+) -> Study:
+    """A study of one part, from its package: ``run(quick)`` under
+    ``--quick``, else ``run(settings())``; its ``report`` module's ``goals``,
+    ``plot``, ``markdown`` and ``BEGIN``/``END`` markers."""
+    return Study(
+        name=name,
+        run=lambda parts, is_quick: run(quick if is_quick else settings()),
+        goals=report.goals,
+        plot=report.plot,
+        markdown=report.markdown,
+        begin=report.BEGIN,
+        end=report.END,
+    )
 
 
 @dataclass(frozen=True)

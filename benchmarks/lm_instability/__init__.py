@@ -22,6 +22,7 @@ runs a part of it (some settings, peers, steps or rates).
 
 from __future__ import annotations
 
+from benchmarks.lm_instability import report
 from benchmarks.lm_instability.peers import (
     ARCH,
     PEERS,
@@ -42,17 +43,9 @@ from benchmarks.lm_instability.settings import (
     Trigger,
     bursts,
 )
-from benchmarks.study import Study
+from benchmarks.study import package
 
-STUDY = Study(
-    name=NAME,
-    run=lambda parts, quick: run(QUICK if quick else Settings()),
-    goals=goals,
-    plot=plot,
-    markdown=markdown,
-    begin=BEGIN,
-    end=END,
-)
+STUDY = package(NAME, run, Settings, QUICK, report)
 
 __all__ = [
     "ARCH",

@@ -37,6 +37,7 @@ goes: ``python -m benchmarks.lm_spikes``). :data:`STUDY` is the study as
 
 from __future__ import annotations
 
+from benchmarks.lm_spikes import report
 from benchmarks.lm_spikes.cost import COST_PARTS, SUITE_COST, cost_breakdown, suite_cost
 from benchmarks.lm_spikes.peers import (
     BASELINE,
@@ -58,17 +59,9 @@ from benchmarks.lm_spikes.report import (
 )
 from benchmarks.lm_spikes.runs import SPIKE_FACTOR, SPIKE_WINDOW, record, run, spikes
 from benchmarks.lm_spikes.settings import LABELS, MULTIPLIERS, NAME, QUICK, Settings
-from benchmarks.study import Study
+from benchmarks.study import package
 
-STUDY = Study(
-    name=NAME,
-    run=lambda parts, quick: run(QUICK if quick else Settings()),
-    goals=goals,
-    plot=plot,
-    markdown=markdown,
-    begin=BEGIN,
-    end=END,
-)
+STUDY = package(NAME, run, Settings, QUICK, report)
 
 __all__ = [
     "BASELINE",

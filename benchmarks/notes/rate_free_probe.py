@@ -66,7 +66,7 @@ def run(runner: Runner, lr: float, settings: Settings) -> dict[str, Any]:
     bpb, batch, rates = [], [], []
     for k in range(0, steps, settings.eval_every):
         rows = idx[k : k + settings.eval_every]
-        params, state, values = runner.run(params, state, lr_arg, rows)
+        params, state, values, _ = runner.run(params, state, lr_arg, rows)
         batch.append(np.asarray(values))
         bpb.append(float(runner.evaluate(params, state)["metric"]))
         rates.append(float(lyapopt.stats(state).get("rate", np.nan)))
