@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lyapopt
-from benchmarks import train
+from benchmarks import lm_spikes, train
 from benchmarks.lm_instability.model import LMProblem
 from benchmarks.lm_instability.peers import PEERS, RECIPE, Peer
 from benchmarks.lm_instability.settings import (
@@ -27,7 +27,6 @@ from benchmarks.lm_instability.settings import (
     task,
 )
 from benchmarks.lm_spikes import SPIKE_WINDOW, spikes
-from benchmarks.lm_spikes import settings as lm_spikes
 from benchmarks.spike_peers import SkipOnSpikeState
 
 # The per-step statistics of lyapopt's guard that a run keeps.

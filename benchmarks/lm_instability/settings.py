@@ -17,7 +17,8 @@ machine loaded). ``no_fixes_100x``'s grid went from half-decades (1x, 3x,
 10x, 30x, 100x the tuned rate) to decades (1x, 10x, 100x): in the search
 the recipe there has no spike from 3x to 30x and degrades smoothly between
 its ends, so 3x and 30x only interpolate the sensitivity's curve; 1x (the
-optimum, the sensitivity's reference) and 100x (the spikes) are kept.
+recipe's tuned rate, near every peer's best: the sensitivity's reference)
+and 100x (the spikes) are kept.
 ``bad_data_10x`` keeps its three half-decade points (1x, 3x, 10x). The
 1,000 steps are kept: in the search ``no_fixes_100x``'s three events
 start between steps 147 and 525 (the preliminary 600-step study saw one),
@@ -32,8 +33,8 @@ from dataclasses import dataclass, replace
 import jax.numpy as jnp
 from flax import nnx
 
+from benchmarks import lm_spikes
 from benchmarks.lm_instability.model import QKNormTransformer, with_bad_rows
-from benchmarks.lm_spikes import settings as lm_spikes
 from benchmarks.models import ByteTransformer
 from benchmarks.tasks import Task
 
