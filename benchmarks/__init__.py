@@ -9,7 +9,10 @@ through one pipeline (:mod:`benchmarks.study`, which says how to add one):
   Transformer language model on CPython's own standard library), the cost
   per step, the quality reached and the robustness to the learning rate;
 - ``lm_spikes`` (:mod:`benchmarks.lm_spikes`): loss spikes on a language
-  model at 1x to 30x the tuned rate.
+  model at 1x to 30x the tuned rate;
+- ``lm_instability`` (:mod:`benchmarks.lm_instability`): settings where the
+  AdamW recipe spikes (its fixes removed, bad batches), and every loss-spike
+  fix measured there.
 
 Each writes its JSON and PNG plots and rewrites its generated section of
 ``benchmarks/RESULTS.md``. Apart: ``python -m benchmarks.memory`` (compiled
