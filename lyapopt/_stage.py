@@ -299,15 +299,17 @@ _ELEMENTWISE = frozenset(
 )
 
 
-def _axes_of(eqn: Any) -> set[str]:
+def _axes_of(eqn: Any) -> set[Any]:
+    """A collective's named axes (an unnamed pmap axis is an object of JAX's;
+    integers are positional axes)."""
     named = eqn.params.get("axes", eqn.params.get("axis_name", ()))
     named = named if isinstance(named, (tuple, list)) else (named,)
-    return {a for a in named if isinstance(a, str)}
+    return {a for a in named if not isinstance(a, int)}
 
 
-def collective_axes(jaxpr: Any) -> set[str]:
+def collective_axes(jaxpr: Any) -> set[Any]:
     """The named axes that the collectives of a jaxpr (and its sub-jaxprs) use."""
-    axes: set[str] = set()
+    axes: set[Any] = set()
     for eqn in jaxpr.eqns:
         if eqn.primitive.name in _COLLECTIVES:
             axes |= _axes_of(eqn)
@@ -319,7 +321,7 @@ def collective_axes(jaxpr: Any) -> set[str]:
     return axes
 
 
-def _reduced_over(jaxpr: Any, axes: set[str]) -> bool:
+def _reduced_over(jaxpr: Any, axes: set[Any]) -> bool:
     """Whether the jaxpr's output is a reduction over all of ``axes`` (then
     elementwise maths with constants): the same on every replica."""
     producers = {id(v): eqn for eqn in jaxpr.eqns for v in eqn.outvars}
@@ -347,14 +349,14 @@ def _reduced_over(jaxpr: Any, axes: set[str]) -> bool:
     return all(common(v) for v in jaxpr.outvars)
 
 
-def mapped_axes() -> set[str]:
+def mapped_axes() -> set[Any]:
     """The axes of the ``jax.pmap`` / ``shard_map`` being traced (none under
     ``jax.jit``). JAX keeps them in its axis environment, which has no
     public accessor: an empty set where that changes."""
     try:
         from jax._src import core
 
-        return {a for a in core.get_axis_env().axis_sizes if isinstance(a, str)}
+        return set(core.get_axis_env().axis_sizes)
     except Exception:  # a private API: never fail because of it
         return set()
 
@@ -382,11 +384,16 @@ def refuse_drift(where: str, traced: Any) -> None:
             return  # typed as the same loss on every device
     elif _reduced_over(jaxpr, mapped_axes() or axes):
         return
-    name = sorted(axes)[0]
+    name = sorted(axes, key=str)[0]
+    # pmap's axis without `axis_name` is an object, or a private string, of
+    # JAX's (it changed between releases): no name a user gave.
+    unnamed = not (
+        type(name) is str and name.isidentifier() and not name.startswith("_")
+    )
     fix = (
         f"Pass the axis to the optimizer: `axis_name={name!r}` (e.g. "
         f"`lyapopt.stabilize(tx, axis_name={name!r})`)"
-        if not name.startswith("_")
+        if not unnamed
         else "Name the axis, `jax.pmap(step, axis_name='batch')`, and pass it to "
         "the optimizer: `axis_name='batch'` (e.g. `lyapopt.stabilize(tx, "
         "axis_name='batch')`)"
