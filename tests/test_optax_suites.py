@@ -334,7 +334,12 @@ FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("loss_dtype", FLOATS, ids=lambda d: jnp.dtype(d).name)
+# The loss in float32 and float64 (optax's test also confuses with float16
+# and bfloat16; a loss narrower than float32 is promoted by every stage, as
+# a float32 one is, so those rows would test nothing more).
+@pytest.mark.parametrize(
+    "loss_dtype", (jnp.float32, jnp.float64), ids=lambda d: jnp.dtype(d).name
+)
 def test_linesearch_dtype_stability(name: str, dtype: Any, loss_dtype: Any) -> None:
     # optax's linesearch_test.test_dtype_stability with lyapopt's stages in
     # place of the line search: under lax.cond the updated state must have
