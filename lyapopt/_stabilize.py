@@ -10,7 +10,7 @@ import optax
 from jax import lax
 
 from lyapopt import _line, _options, _stage
-from lyapopt._checks import check_choice, check_like_params
+from lyapopt._checks import check_choice
 from lyapopt._curvature import CurvatureCap
 from lyapopt._guard import Guard
 from lyapopt._level import LevelCap
@@ -337,8 +337,6 @@ def stabilize(
         # (a clip, weight decay); then the caller passes it as `grad`.
         grads = updates
         grad = extra_args.get("grad")
-        if grad is not None and params is not None:
-            check_like_params("stabilize", "grad", grad, params)
         problem = _stage.start(
             "stabilize",
             updates,

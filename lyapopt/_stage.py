@@ -234,6 +234,8 @@ def start(
     """
     if value_fn is None and needs_value_fn:
         require_value_fn(where, value_fn)  # raises, with the fix
+    if grad is not None and params is not None:
+        check_like_params(where, "grad", grad, params)
     if value_fn is None:
         if grad is not None and jax.tree.structure(grad) != jax.tree.structure(updates):
             raise ValueError(
@@ -245,8 +247,6 @@ def start(
     require_params(where, params)
     value_fn = _line.bind(require_value_fn(where, value_fn), extra_args, axis_name)
     check_like_params(where, "updates", updates, params)
-    if grad is not None:
-        check_like_params(where, "grad", grad, params)
     dtype = _line.scalar_dtype(params)
     traced = jax.make_jaxpr(lambda p: _line.value(where, value_fn, p, dtype))(params)
     if axis_name is None:
