@@ -375,14 +375,15 @@ def refuse_drift(where: str, traced: Any) -> None:
     ``shard_map`` types as the same on every device, needs nothing.
     """
     jaxpr = traced.jaxpr
-    axes = mapped_axes() | collective_axes(jaxpr)
+    mapped = mapped_axes()
+    axes = mapped | collective_axes(jaxpr)
     if not axes:
         return
     varying = getattr(traced.out_avals[0], "vma", None)
     if varying is not None:
         if not varying:
             return  # typed as the same loss on every device
-    elif _reduced_over(jaxpr, mapped_axes() or axes):
+    elif _reduced_over(jaxpr, mapped or axes):
         return
     name = sorted(axes, key=str)[0]
     # pmap's axis without `axis_name` is an object, or a private string, of
