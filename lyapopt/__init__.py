@@ -25,6 +25,7 @@ from lyapopt._schedule import (
     exponential_schedule,
     scale_by_logged_learning_rate,
 )
+from lyapopt._spikes import SkipLossSpikesState, skip_loss_spikes
 from lyapopt._stabilize import StabilizeState, stabilize
 from lyapopt._stats import stats
 
@@ -37,6 +38,7 @@ __all__ = [
     "ScaleByHeldOutRateState",
     "ScaleByLevelState",
     "ScaleByLoggedLearningRateState",
+    "SkipLossSpikesState",
     "StabilizeState",
     "StageOptions",
     "diagnostics",
@@ -50,6 +52,7 @@ __all__ = [
     "scale_by_held_out_rate",
     "scale_by_level",
     "scale_by_logged_learning_rate",
+    "skip_loss_spikes",
     "stabilize",
     "stats",
     "testing",

@@ -95,6 +95,9 @@ def lyapunov_sgd(
     modulation: float | jax.Array | None = 1.0,
     decay_constant: float | jax.Array = 0.0,
     steps_per_epoch: int | jax.Array = 1,
+    spike_factor: float | jax.Array | None = DEFAULTS.spike_factor,
+    spike_window: int = DEFAULTS.spike_window,
+    max_skips: int | jax.Array = DEFAULTS.max_skips,
     rate_every: int | jax.Array | None = DEFAULTS.rate_every,
     rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
@@ -121,8 +124,8 @@ def lyapunov_sgd(
     ``beta`` are our reading. The step is then capped at the minimum of the
     local quadratic model of the loss and checked by the Lyapunov guard
     (this project's construction from the paper's Taylor argument; see
-    :func:`lyapopt.stabilize`, whose options ``rate_every`` to
-    ``axis_name`` are forwarded in full). With ``rate_every`` the rate is
+    :func:`lyapopt.stabilize`, whose options ``spike_factor``
+    to ``axis_name`` are forwarded in full). With ``rate_every`` the rate is
     measured (:func:`lyapopt.scale_by_held_out_rate`), starting from
     ``learning_rate``, and the paper's decay multiplies it.
 
@@ -145,6 +148,10 @@ def lyapunov_sgd(
       modulation: ``beta``; ``None`` (or 0) turns the modulation off.
       decay_constant: the paper's ``alpha >= 0``, per epoch; 0: no decay.
       steps_per_epoch: steps in an epoch (1: ``alpha`` is per step).
+      spike_factor: see :func:`lyapopt.stabilize` (``None``: no loss
+        reference).
+      spike_window: see :func:`lyapopt.stabilize`.
+      max_skips: see :func:`lyapopt.stabilize`.
       rate_every: measure the rate every this many steps
         (:func:`lyapopt.scale_by_held_out_rate`); ``None``: off. With it,
         ``learning_rate`` (a number) is where the measured rate starts,
@@ -216,7 +223,12 @@ def lyapunov_sgd(
         rate,
     )
     first_order = safety is None and guard is None and level is None
-    if first_order and rate_every is None and modulation is not None:
+    if (
+        first_order
+        and rate_every is None
+        and spike_factor is None
+        and modulation is not None
+    ):
         # The paper's first-order rule: the modulation already drops a
         # non-finite gradient (its norm is computed anyway), so no
         # apply_if_finite, whose lax.cond costs ~15% of a small model's step.
@@ -235,6 +247,9 @@ def lyapunov_adam(
     nesterov: bool = False,
     decay_constant: float | jax.Array = 0.0,
     steps_per_epoch: int | jax.Array = 1,
+    spike_factor: float | jax.Array | None = DEFAULTS.spike_factor,
+    spike_window: int = DEFAULTS.spike_window,
+    max_skips: int | jax.Array = DEFAULTS.max_skips,
     rate_every: int | jax.Array | None = DEFAULTS.rate_every,
     rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
@@ -251,7 +266,7 @@ def lyapunov_adam(
 
     :func:`optax.scale_by_adam` gives the direction (same positional
     arguments as :func:`optax.adam`), the learning rate its length, and
-    :func:`lyapopt.stabilize` the cap and the guard (options ``rate_every``
+    :func:`lyapopt.stabilize` the cap and the guard (options ``spike_factor``
     to ``axis_name``, forwarded in full). The Adam direction is already
     normalised, so there is no gradient-norm modulation. With
     ``rate_every`` the rate is measured
@@ -276,6 +291,10 @@ def lyapunov_adam(
       nesterov: NAdam's Nesterov momentum, as in :func:`optax.adam`.
       decay_constant: the paper's ``alpha >= 0``, per epoch; 0: no decay.
       steps_per_epoch: steps in an epoch (1: ``alpha`` is per step).
+      spike_factor: see :func:`lyapopt.stabilize` (``None``: no loss
+        reference).
+      spike_window: see :func:`lyapopt.stabilize`.
+      max_skips: see :func:`lyapopt.stabilize`.
       rate_every: measure the rate every this many steps
         (:func:`lyapopt.scale_by_held_out_rate`); ``None``: off. With it,
         ``learning_rate`` (a number) is where the measured rate starts,

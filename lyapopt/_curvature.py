@@ -167,7 +167,7 @@ def scale_by_curvature(
 
 
 @dataclasses.dataclass(frozen=True)
-class CurvatureCap:
+class CurvatureCap(_stage.EveryBatch):
     """The curvature cap as a stage (:class:`lyapopt._stage.Stage`)."""
 
     safety: float | jax.Array

@@ -250,7 +250,7 @@ def lyapunov_guard(
 
 
 @dataclasses.dataclass(frozen=True)
-class Guard:
+class Guard(_stage.EveryBatch):
     """The Lyapunov guard as a stage (:class:`lyapopt._stage.Stage`)."""
 
     mode: str

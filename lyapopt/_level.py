@@ -82,7 +82,7 @@ def scale_by_level(
 
 
 @dataclasses.dataclass(frozen=True)
-class LevelCap:
+class LevelCap(_stage.EveryBatch):
     """The level cap as a stage (:class:`lyapopt._stage.Stage`)."""
 
     level: float | jax.Array

@@ -2,7 +2,8 @@
 
 :func:`lyapopt.stabilize`, :func:`lyapopt.lyapunov_sgd`,
 :func:`lyapopt.lyapunov_adam` and the stage transforms themselves
-(:func:`lyapopt.scale_by_held_out_rate`, :func:`lyapopt.scale_by_curvature`,
+(:func:`lyapopt.skip_loss_spikes`, :func:`lyapopt.scale_by_held_out_rate`,
+:func:`lyapopt.scale_by_curvature`,
 :func:`lyapopt.scale_by_level`, :func:`lyapopt.lyapunov_guard`) take these options under these names, with
 these defaults; a test checks every signature against :data:`DEFAULTS`.
 Each factory still spells its arguments out, so that
@@ -21,6 +22,13 @@ class StageOptions(NamedTuple):
     """How much of a proposed step to take, and whether to take it.
 
     Attributes:
+      spike_factor: refuse a batch whose loss exceeds this multiple of the
+        median of the recent admitted losses
+        (:func:`lyapopt.skip_loss_spikes`); ``None`` (the default) turns
+        that stage off.
+      spike_window: how many admitted losses that median is taken over.
+      max_skips: refusals in a row after which a batch is admitted whatever
+        its loss, and the window restarts from it.
       rate_every: measure the rate of :func:`lyapopt.scale_by_held_out_rate`
         every this many steps; ``None`` (the default) turns that stage off
         and the wrapped optimizer's own rate is used.
@@ -46,6 +54,9 @@ class StageOptions(NamedTuple):
         loss over a sharded batch is already global.
     """
 
+    spike_factor: float | jax.Array | None = None
+    spike_window: int = 50
+    max_skips: int | jax.Array = 10
     rate_every: int | jax.Array | None = None
     rate_shape: optax.ScalarOrSchedule | None = None
     safety: float | jax.Array | None = 1.0

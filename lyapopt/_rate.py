@@ -52,8 +52,10 @@ class ScaleByHeldOutRateState(NamedTuple):
       optimum: ``X`` at the last accepted measurement.
       measurements: int32, measurements accepted.
       rejected: int32, measurements refused: no step was taken
-        (``p = 0``), the curvature along it was not positive, or a number
-        was not finite.
+        (``p = 0``), no step is proposed on the current batch (a batch
+        refused by :func:`lyapopt.skip_loss_spikes`, a non-finite
+        gradient: not a batch to measure on), the curvature along ``p`` was
+        not positive, or a number was not finite.
     """
 
     count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
@@ -213,7 +215,7 @@ def scale_by_held_out_rate(
 
 
 @dataclasses.dataclass(frozen=True)
-class HeldOutRate:
+class HeldOutRate(_stage.EveryBatch):
     """The held-out rate as a stage (:class:`lyapopt._stage.Stage`)."""
 
     rate_every: int | jax.Array
@@ -278,20 +280,24 @@ class HeldOutRate:
         every = jnp.asarray(self.rate_every).astype(state.count.dtype)
         measured = (state.count >= 1) & (state.count % every == 0)
 
-        def measure() -> tuple[jax.Array, jax.Array, jax.Array]:
+        def measure() -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
             step = jax.tree.map(_difference, params, state.previous)
             d = _line.direction(step, work)
             _, slope, curv = _line.unit_derivatives(_WHERE, value_fn, params, d, work)
-            return d.norm.astype(work), slope.astype(work), curv.astype(work)
+            # No step proposed on this batch (a batch refused by
+            # skip_loss_spikes, a non-finite gradient): the batch is not
+            # one to measure on.
+            proposed = line.norm(work) > 0
+            return d.norm.astype(work), slope.astype(work), curv.astype(work), proposed
 
-        def skip() -> tuple[jax.Array, jax.Array, jax.Array]:
+        def skip() -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
             zero = jnp.zeros([], work)
-            return zero, zero, zero
+            return zero, zero, zero, jnp.asarray(False)
 
-        norm, slope, curv = lax.cond(measured, measure, skip)
+        norm, slope, curv, proposed = lax.cond(measured, measure, skip)
         length = state.length.astype(work)
         accepted = (
-            measured
+            proposed
             & jnp.isfinite(norm)
             & (norm > 0)
             & jnp.isfinite(length)

@@ -16,6 +16,7 @@ from lyapopt._guard import Guard
 from lyapopt._level import LevelCap
 from lyapopt._options import DEFAULTS, GUARD_MODES, StageOptions
 from lyapopt._rate import HeldOutRate
+from lyapopt._spikes import LossReference
 
 # `stabilize` keeps optax.apply_if_finite's state, and its rule with no
 # limit on the non-finite steps in a row: it never lets a NaN through.
@@ -23,9 +24,11 @@ _NEVER = int(jnp.iinfo(jnp.int32).max)
 
 
 class StabilizeState(NamedTuple):
-    """State of :func:`stabilize`: the wrapped optimizer's, then each stage's."""
+    """State of :func:`stabilize`: the wrapped optimizer's, then each stage's,
+    in the order the stages run."""
 
     inner_state: Any  # optax.ApplyIfFiniteState around the wrapped state
+    spikes: Any  # SkipLossSpikesState, or optax.EmptyState without it
     rate: Any  # ScaleByHeldOutRateState, or optax.EmptyState without it
     curvature: Any  # ScaleByCurvatureState, or optax.EmptyState without the cap
     level: Any  # ScaleByLevelState, or optax.EmptyState without the level cap
@@ -71,6 +74,7 @@ def _propose(
     params: optax.Params | None,
     extra_args: dict[str, Any],
     slope_dtype: Any = None,
+    admitted: jax.Array | None = None,
 ) -> _Proposal:
     """``tx``'s step, as ``optax.apply_if_finite(tx, ∞)`` would take it, in place.
 
@@ -89,12 +93,15 @@ def _propose(
     nothing; the inverse is the proposal's ``factor``, a product that XLA
     computes where the step is used. With ``slope_dtype``, g.u with
     ``extra_args["grad"]`` (else the gradient) is taken in the loop, while
-    the gradient is at hand.
+    the gradient is at hand. A batch a stage refused (``admitted`` False:
+    :func:`lyapopt.skip_loss_spikes`) is treated as a non-finite gradient
+    is, without being counted as one: it never reaches ``tx``.
     """
     dtype = _line.scalar_dtype(grads)
     finite = jnp.asarray(True)
     for x in jax.tree.leaves(grads):
         finite = finite & jnp.all(jnp.isfinite(x))
+    run = finite if admitted is None else finite & admitted
 
     def step(carry: tuple) -> tuple:
         g, inner_state, slope = carry
@@ -104,14 +111,12 @@ def _propose(
         return u, inner_state, slope
 
     zero = jnp.zeros([], slope_dtype or dtype)
-    updates, inner_state, slope = _run_if(
-        finite, step, (grads, state.inner_state, zero)
-    )
+    updates, inner_state, slope = _run_if(run, step, (grads, state.inner_state, zero))
     # Only an update whose largest entry is outside [2^-24, 2^24] is scaled
     # (in place): a pass over the update at every step would cost a buffer
     # where XLA keeps it beside the scaled copy.
     largest = _line.tree_max_abs(updates, dtype)
-    extreme = finite & (largest > 0) & ~((largest >= 2.0**-24) & (largest <= 2.0**24))
+    extreme = run & (largest > 0) & ~((largest >= 2.0**-24) & (largest <= 2.0**24))
 
     def rescale(carry: tuple) -> tuple:
         c = _line.power_of_two(largest)
@@ -121,8 +126,8 @@ def _propose(
     count = optax.safe_increment
     return _Proposal(
         updates=updates,
-        factor=jnp.where(finite, inverse, 0),
-        slope=None if slope_dtype is None else jnp.where(finite, slope, 0),
+        factor=jnp.where(run, inverse, 0),
+        slope=None if slope_dtype is None else jnp.where(run, slope, 0),
         state=optax.ApplyIfFiniteState(
             notfinite_count=jnp.where(
                 finite,
@@ -155,9 +160,9 @@ def _run_if(flag: jax.Array, body: Any, operand: Any) -> Any:
 
 
 def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
-    """The held-out rate, the curvature cap, the level cap and the guard that
-    ``options`` asks for, in the order they run; a stage that is off is
-    :class:`_stage.Off`, so the state keeps its shape."""
+    """The loss reference, the held-out rate, the curvature cap, the level
+    cap and the guard that ``options`` asks for, in the order they run; a
+    stage that is off is :class:`_stage.Off`, so the state keeps its shape."""
     check_choice("stabilize", "guard", options.guard, (*GUARD_MODES, None))
     if options.rate_every is None and options.rate_shape is not None:
         raise ValueError(
@@ -168,6 +173,11 @@ def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
         )
     off = _stage.Off()
     return (
+        off
+        if options.spike_factor is None
+        else LossReference(
+            options.spike_factor, options.spike_window, options.max_skips
+        ),
         off
         if options.rate_every is None
         else HeldOutRate(options.rate_every, options.rate_shape),
@@ -186,6 +196,9 @@ def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
 def stabilize(
     tx: optax.GradientTransformation,
     *,
+    spike_factor: float | jax.Array | None = DEFAULTS.spike_factor,
+    spike_window: int = DEFAULTS.spike_window,
+    max_skips: int | jax.Array = DEFAULTS.max_skips,
     rate_every: int | jax.Array | None = DEFAULTS.rate_every,
     rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
@@ -208,19 +221,22 @@ def stabilize(
        (the rule and the state of :func:`optax.apply_if_finite`, never
        giving up, without its copy of the update), so it corrupts neither
        the parameters nor the state of ``tx``;
-    2. :func:`lyapopt.scale_by_held_out_rate` sets the rate from the
+    2. :func:`lyapopt.skip_loss_spikes` refuses a batch whose loss is
+       ``spike_factor`` times the median of the recent ones (optional; off
+       by default): its gradient never reaches ``tx``, as in 1;
+    3. :func:`lyapopt.scale_by_held_out_rate` sets the rate from the
        quadratic model along the last step, measured on the current batch
        every ``rate_every`` steps, times the shape ``rate_shape``
        (optional; off by default);
-    3. :func:`lyapopt.scale_by_curvature` caps the step at ``safety`` times
+    4. :func:`lyapopt.scale_by_curvature` caps the step at ``safety`` times
        the minimum of the local quadratic model (measured every
        ``curvature_every`` steps);
-    4. :func:`lyapopt.scale_by_level` caps it where the linear model reaches
+    5. :func:`lyapopt.scale_by_level` caps it where the linear model reaches
        ``level`` (optional);
-    5. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
+    6. :func:`lyapopt.lyapunov_guard` rejects or shrinks a step that raises
        the loss (``guard`` is its mode; ``None`` turns it off).
 
-    ``g.u`` for stages 3-5 comes from the cap's forward-over-forward pass
+    ``g.u`` for stages 4-6 comes from the cap's forward-over-forward pass
     where it measures the curvature at every step (the default). Otherwise
     it is the dot product of ``tx``'s update with the gradient, taken right
     after ``tx``'s step, so the gradient is not held until the stages and
@@ -251,6 +267,12 @@ def stabilize(
 
     Args:
       tx: the optax optimizer to stabilise.
+      spike_factor: refuse a batch whose loss exceeds this multiple of the
+        median of the last ``spike_window`` admitted losses
+        (:func:`lyapopt.skip_loss_spikes`); ``None`` turns that stage off.
+      spike_window: the admitted losses the median is taken over.
+      max_skips: refusals in a row after which a batch is admitted whatever
+        its loss (the loss's new level becomes the reference).
       rate_every: measure the rate every this many steps
         (:func:`lyapopt.scale_by_held_out_rate`); ``None`` turns that stage
         off.
@@ -357,6 +379,13 @@ def stabilize(
             and params is not None
             and not _line.is_complex(params)
         )
+        # A batch is admitted unless a stage refuses it, before `tx` sees
+        # its gradient.
+        admitted = None
+        for stage, stage_state in zip(chain, state[1:], strict=True):
+            verdict = stage.admit(stage_state, problem)
+            if verdict is not None:
+                admitted = verdict if admitted is None else admitted & verdict
         proposal = _propose(
             inner,
             updates,
@@ -364,6 +393,7 @@ def stabilize(
             params,
             extra_args,
             _line.scalar_dtype(params) if with_slope else None,
+            admitted,
         )
         if not with_slope and not measures_every_step:
             grad = grads if grad is None else grad

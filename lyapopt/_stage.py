@@ -136,6 +136,14 @@ class Stage(Protocol):
         """The stage's state (a ``NamedTuple``)."""
         ...
 
+    def admit(self, state: Any, problem: Problem) -> jax.Array | None:
+        """Whether the batch is admitted at all (a boolean array), decided
+        before the wrapped optimizer sees its gradient; ``None``: this stage
+        does not judge batches. :func:`lyapopt.stabilize` treats a refused
+        batch as it treats a non-finite gradient: it never reaches the
+        wrapped optimizer, and the step's factor is 0."""
+        ...
+
     def step(
         self, line: LineInfo, state: Any, problem: Problem
     ) -> tuple[LineInfo, Any]:
@@ -143,7 +151,15 @@ class Stage(Protocol):
         ...
 
 
-class Off:
+class EveryBatch:
+    """The ``admit`` of a stage that does not judge batches: every batch is
+    admitted."""
+
+    def admit(self, state: Any, problem: Problem) -> None:
+        del state, problem
+
+
+class Off(EveryBatch):
     """A stage that is off: the line passes unchanged, the state is empty, so
     :class:`lyapopt.StabilizeState` keeps its shape whatever is switched off."""
 

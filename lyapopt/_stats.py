@@ -14,6 +14,7 @@ from lyapopt._level import ScaleByLevelState
 from lyapopt._modulation import ScaleByGradientModulationState
 from lyapopt._rate import ScaleByHeldOutRateState
 from lyapopt._schedule import ScaleByLoggedLearningRateState
+from lyapopt._spikes import SkipLossSpikesState
 
 # For each state type: (field in the state, name in the stats dict). A name
 # is the same whatever else the chain holds; the counters of one event
@@ -24,6 +25,10 @@ _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
         ("factor", "modulation"),
         ("norm", "update_norm"),
         ("nonfinite", "nonfinite_gradients"),
+    ),
+    SkipLossSpikesState: (
+        ("skipped", "spike_skips"),
+        ("restarts", "spike_restarts"),
     ),
     ScaleByHeldOutRateState: (
         ("rate", "rate"),
@@ -86,6 +91,8 @@ def stats(opt_state: optax.OptState) -> dict[str, jax.Array]:
     ``learning_rate``            the rate applied at the last step
     ``modulation``               the factor ``1 / (1 + beta ||g||)``
     ``update_norm``              ``||g||`` as the modulation saw it
+    ``spike_skips``              batches refused by the loss reference
+    ``spike_restarts``           times its window restarted at a new level
     ``rate``                     the held-out rate, before its shape
     ``rate_scale``               the factor it applied (rate times shape)
     ``rate_optimum``             the best multiple of the step, last measured

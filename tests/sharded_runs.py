@@ -38,6 +38,9 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": lambda **kw: lyapopt.lyapunov_adam(1.0, **kw),
     "adam_every_3": lambda **kw: lyapopt.lyapunov_adam(1.0, curvature_every=3, **kw),
     "adam_rate_every_2": lambda **kw: lyapopt.lyapunov_adam(1.0, rate_every=2, **kw),
+    "adam_spikes": lambda **kw: lyapopt.lyapunov_adam(
+        1.0, spike_factor=1.5, spike_window=3, **kw
+    ),
     "sgd": lambda **kw: lyapopt.lyapunov_sgd(**kw),
     "sgd_first_order": lambda **kw: lyapopt.lyapunov_sgd(
         0.5, safety=None, guard=None, **kw
@@ -194,11 +197,14 @@ def fsdp(kind: str, name: str) -> tuple:
     for k, v in params.items():  # the step kept every parameter where it was
         assert placed(v, k), (k, v.sharding)
     # The state is sharded like the parameters: no replicated copy. (Each
-    # parameter of this model has a shape of its own.)
+    # parameter of this model has a shape of its own.) A state leaf of
+    # another shape (the loss reference's window of losses) is replicated.
     by_shape = {v.shape: k for k, v in params.items()}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if leaf.ndim > 0:
+        if leaf.shape in by_shape:
             assert placed(leaf, by_shape[leaf.shape]), (path, leaf.sharding)
+        else:
+            assert leaf.sharding.is_fully_replicated, (path, leaf.sharding)
     return params, lyapopt.stats(state)
 
 
@@ -244,6 +250,8 @@ RUNS = {
     "pmap/sgd": lambda: pmapped("sgd"),
     "pmap/adam_rate_every_2": lambda: pmapped("adam_rate_every_2"),
     "shard_map/adam_rate_every_2": lambda: shard_mapped("adam_rate_every_2"),
+    "pmap/adam_spikes": lambda: pmapped("adam_spikes"),
+    "shard_map/adam_spikes": lambda: shard_mapped("adam_spikes"),
     **{
         f"explicit/{name}": functools.partial(fsdp, "explicit", name)
         for name in OPTIMIZERS

@@ -58,6 +58,11 @@ CASES = {
         {"rate_every": 2},
         lambda t: optax.chain(optax.sgd(0.1), t, lyapopt.lyapunov_guard()),
     ),
+    "skip_loss_spikes": Case(
+        lyapopt.skip_loss_spikes,
+        {"spike_factor": 1.5, "spike_window": 3},
+        lambda t: optax.chain(optax.sgd(1e-2), t, lyapopt.lyapunov_guard()),
+    ),
     "scale_by_level": Case(
         lyapopt.scale_by_level,
         {"level": 0.0},
@@ -91,6 +96,9 @@ CASES = {
     ),
     "lyapunov_adam_rate_every_4": Case(
         lyapopt.lyapunov_adam, {"rate_every": 4}, _alone
+    ),
+    "lyapunov_adam_spike_factor": Case(
+        lyapopt.lyapunov_adam, {"spike_factor": 1.5, "spike_window": 3}, _alone
     ),
 }
 

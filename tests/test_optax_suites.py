@@ -325,9 +325,13 @@ STAGES = {
     "scale_by_curvature_every2": lambda: lyapopt.scale_by_curvature(curvature_every=2),
     "scale_by_held_out_rate": lambda: lyapopt.scale_by_held_out_rate(2),
     "scale_by_level": lambda: lyapopt.scale_by_level(0.0),
+    "skip_loss_spikes": lambda: lyapopt.skip_loss_spikes(spike_window=1),
     "lyapunov_guard": lambda: lyapopt.lyapunov_guard(),
     "stabilize": lambda: lyapopt.stabilize(optax.sgd(0.1)),
     "stabilize_rate": lambda: lyapopt.stabilize(optax.sgd(0.1), rate_every=1),
+    "stabilize_spikes": lambda: lyapopt.stabilize(
+        optax.sgd(0.1), spike_factor=1.5, spike_window=1
+    ),
 }
 FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 

@@ -52,6 +52,7 @@ def test_every_stage_option_has_the_shared_name_and_default(factory) -> None:
         (lyapopt.scale_by_curvature, ("safety", "curvature_every", "max_scale")),
         (lyapopt.lyapunov_guard, ("tolerance", "max_backtracks", "decrease")),
         (lyapopt.scale_by_held_out_rate, ("rate_shape",)),
+        (lyapopt.skip_loss_spikes, ("spike_window", "max_skips")),
     ],
 )
 def test_the_stage_transforms_use_the_same_names_and_defaults(factory, names) -> None:
@@ -88,6 +89,9 @@ def _quadratic_steps(tx, steps: int = 4, lr_scale: float = 1.0):
 
 
 NON_DEFAULT = {
+    "spike_factor": 1.0,
+    "spike_window": 2,
+    "max_skips": 1,
     "rate_every": 2,
     "rate_shape": optax.linear_schedule(1.0, 0.5, 4),
     "safety": 0.5,

@@ -26,9 +26,9 @@ from benchmarks.lm_instability import report
 from benchmarks.lm_instability.peers import (
     ARCH,
     PEERS,
-    PROPOSAL,
     RECIPE,
     RECOMMENDED,
+    REFERENCE,
     Peer,
     peers,
 )
@@ -54,10 +54,10 @@ __all__ = [
     "END",
     "NAME",
     "PEERS",
-    "PROPOSAL",
     "QUICK",
     "RECIPE",
     "RECOMMENDED",
+    "REFERENCE",
     "STUDY",
     "TRIGGERS",
     "Peer",

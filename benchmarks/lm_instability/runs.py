@@ -35,12 +35,15 @@ GUARD_KEYS = ("guard_scale", "backtracks")
 
 def guard_record(state: Any) -> dict[str, jax.Array]:
     """What a run keeps of the optimizer's state after every step: lyapopt's
-    guard statistics, and skip_on_spike's running count of skipped steps
-    (nothing for the other peers)."""
+    guard statistics, and the running count of skipped steps of
+    skip_on_spike and of lyapopt's loss reference (nothing for the other
+    peers)."""
     st = lyapopt.stats(state)
     kept = {k: st[k].astype(jnp.float32) for k in GUARD_KEYS if k in st}
     if isinstance(state, SkipOnSpikeState):
         kept["skipped"] = state.skipped.astype(jnp.float32)
+    elif "spike_skips" in st:
+        kept["skipped"] = st["spike_skips"].astype(jnp.float32)
     return kept
 
 
