@@ -90,6 +90,12 @@ class Problem:
         ]
         return np.concatenate(rows).reshape(-1, size)[:steps].astype(np.int32)
 
+    def fresh_indices(self, seed: int, steps: int) -> np.ndarray:
+        """The rows of each step's *fresh* batch (``fresh_value_fn``): a second
+        shuffle of the training set, independent of :meth:`indices`' (GeN's
+        second iterator over the training loader)."""
+        return self.indices(FRESH_SEED + seed, steps)
+
     def evaluate(self, data: Arrays, params: Params) -> Arrays:
         """Train loss (on ``train_eval``), test loss and the task's metric."""
         rows = data["train_eval"]
@@ -103,6 +109,9 @@ class Problem:
             metric = test_loss / jnp.log(2.0)
         return {"train_loss": train_loss, "test_loss": test_loss, "metric": metric}
 
+
+# The seed offset of the fresh batches' shuffle (Problem.fresh_indices).
+FRESH_SEED = 7919
 
 # What a run keeps of the optimizer's state after every step: named numbers
 # (the guard's scale, a skip count), read inside the jitted step.
@@ -120,6 +129,12 @@ class Runner:
     ``lax.scan`` and returns the new parameters and state, the batch loss
     before each step, and ``record(state)`` after each step, stacked over
     the steps (``record`` reads nothing by default: an empty dict).
+
+    The extra arguments offered to an optimizer (it takes those it names in
+    ``Optimizer.extras``): ``value``, ``grad``, ``value_fn`` and ``obj_fn``
+    (the loss on the step's batch), and ``fresh_value_fn``: the loss on a
+    batch the step was not computed from, the rows ``fresh`` of ``run``
+    (GeN's fresh minibatch, :mod:`benchmarks.gen`).
     """
 
     def __init__(
@@ -134,18 +149,27 @@ class Runner:
             return opt.make(lr, total).init(params)
 
         def run(
-            data: Arrays, params: Params, state: Any, lr: LearningRate, idx: jax.Array
+            data: Arrays,
+            params: Params,
+            state: Any,
+            lr: LearningRate,
+            idx: jax.Array,
+            fresh: jax.Array,
         ) -> tuple[Params, Any, jax.Array, Arrays]:
             tx = opt.make(lr, total)
 
             def step(
-                carry: tuple[Params, Any], rows: jax.Array
+                carry: tuple[Params, Any], rows: tuple[jax.Array, jax.Array]
             ) -> tuple[Any, tuple[jax.Array, Arrays]]:
                 params, state = carry
-                x, y = problem.batch(data, rows)
+                x, y = problem.batch(data, rows[0])
+                fx, fy = problem.batch(data, rows[1])
 
                 def value_fn(p: Params) -> jax.Array:
                     return problem.loss(p, x, y)
+
+                def fresh_value_fn(p: Params) -> jax.Array:
+                    return problem.loss(p, fx, fy)
 
                 value, grads = jax.value_and_grad(value_fn)(params)
                 offered = {
@@ -153,6 +177,7 @@ class Runner:
                     "grad": grads,
                     "value_fn": value_fn,
                     "obj_fn": value_fn,
+                    "fresh_value_fn": fresh_value_fn,
                 }
                 extra = {k: offered[k] for k in opt.extras}
                 updates, state = tx.update(grads, state, params, **extra)
@@ -160,10 +185,12 @@ class Runner:
                 return (params, state), (value, record(state))
 
             if one_step:  # no loop at all: see the module's docstring
-                (params, state), out = step((params, state), idx[0])
+                (params, state), out = step((params, state), (idx[0], fresh[0]))
                 value, kept = jax.tree.map(lambda a: a[None], out)
                 return params, state, value, kept
-            (params, state), (values, kept) = jax.lax.scan(step, (params, state), idx)
+            (params, state), (values, kept) = jax.lax.scan(
+                step, (params, state), (idx, fresh)
+            )
             return params, state, values, kept
 
         self._init = jax.jit(init)
@@ -182,13 +209,27 @@ class Runner:
         return params, self._init(params, lr), lr
 
     def run(
-        self, params: Params, state: Any, lr: jax.Array, idx: np.ndarray
+        self,
+        params: Params,
+        state: Any,
+        lr: jax.Array,
+        idx: np.ndarray,
+        fresh: np.ndarray | None = None,
     ) -> tuple[Params, Any, jax.Array, Arrays]:
-        """``len(idx)`` steps, ``task.steps_per_call`` per call; waits for the result."""
+        """``len(idx)`` steps, ``task.steps_per_call`` per call; waits for the result.
+
+        ``fresh``: the rows of each step's fresh batch (``fresh_value_fn``);
+        by default the next step's rows (the last step's: the first's).
+        """
+        if fresh is None:
+            fresh = np.roll(idx, -1, axis=0)
         values, kept, chunk = [], [], self.problem.task.steps_per_call
         for start in range(0, len(idx), chunk):
             rows = jnp.asarray(idx[start : start + chunk])
-            params, state, v, k = self._run(self.problem.data, params, state, lr, rows)
+            other = jnp.asarray(fresh[start : start + chunk])
+            params, state, v, k = self._run(
+                self.problem.data, params, state, lr, rows, other
+            )
             values.append(v)
             kept.append(k)
         kept = jax.tree.map(lambda *a: jnp.concatenate(a), *kept)
@@ -237,12 +278,15 @@ def train(
     problem = runner.problem
     every = min(problem.task.eval_every, steps)
     idx = problem.indices(seed, steps)
+    fresh = problem.fresh_indices(seed, steps)
     params, state, lr_arg = runner.init(seed, lr)
     evals, values, eval_steps = [runner.evaluate(params, state)], [], [0]
     kept = []
     for start in range(0, steps, every):
         rows = idx[start : start + every]
-        params, state, v, k = runner.run(params, state, lr_arg, rows)
+        params, state, v, k = runner.run(
+            params, state, lr_arg, rows, fresh[start : start + every]
+        )
         values.append(v)
         kept.append(k)
         evals.append(runner.evaluate(params, state))

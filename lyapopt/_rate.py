@@ -22,6 +22,13 @@ _CLAMP = 2.0
 # Ours: the decay of the averages whose ratio is the target (about 10
 # measurements; the ratio of two averages started at 0 needs no debiasing).
 _AVERAGING = 0.9
+# TEMPORARY horizon switches for benchmarks/notes/horizon_probe.py (issue
+# 20), read when a HeldOutRate is built (`stabilize` builds one inside the
+# optimizer's factory): the applied factor is `_LEVEL * rate * shape`, and
+# the rate is measured only while `count < _MEASURE_UNTIL` (then frozen).
+# The defaults keep the stage's behaviour.
+_LEVEL = 1.0
+_MEASURE_UNTIL: int | None = None
 
 
 class ScaleByHeldOutRateState(NamedTuple):
@@ -222,6 +229,11 @@ class HeldOutRate(_stage.EveryBatch):
     rate_shape: optax.ScalarOrSchedule | None
     where: str = _WHERE
     needs_value_fn: bool = True
+    # TEMPORARY (see _LEVEL): the probe's horizon switches.
+    level: float = dataclasses.field(default_factory=lambda: _LEVEL)
+    measure_until: int | None = dataclasses.field(
+        default_factory=lambda: _MEASURE_UNTIL
+    )
 
     def __post_init__(self) -> None:
         check_number(
@@ -279,6 +291,8 @@ class HeldOutRate(_stage.EveryBatch):
         work = jnp.promote_types(dtype, problem.loss_dtype)
         every = jnp.asarray(self.rate_every).astype(state.count.dtype)
         measured = (state.count >= 1) & (state.count % every == 0)
+        if self.measure_until is not None:
+            measured = measured & (state.count < self.measure_until)
 
         def measure() -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
             step = jax.tree.map(_difference, params, state.previous)
@@ -318,11 +332,13 @@ class HeldOutRate(_stage.EveryBatch):
         rate = jnp.where(
             accepted, (1 - _SMOOTHING) * rate + _SMOOTHING * clipped, rate
         ).astype(dtype)
-        scale = (rate * self.shape(state.count, dtype)).astype(dtype)
+        scale = (self.level * rate * self.shape(state.count, dtype)).astype(dtype)
 
         # ||u_t||, for the measurement at the next step only.
         count = jnp.asarray(optax.safe_increment(state.count))
         measures_next = count % every == 0
+        if self.measure_until is not None:
+            measures_next = measures_next & (count < self.measure_until)
         next_length = lax.cond(
             measures_next,
             lambda: line.norm(work).astype(dtype),
