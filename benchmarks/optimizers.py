@@ -19,6 +19,7 @@ import optax
 from optax import contrib
 
 import lyapopt
+from benchmarks.gen import FRESH, gen
 
 LearningRate = float | jax.Array
 LEARNING_RATES = tuple(10.0**k for k in range(-4, 4))  # 1e-4 ... 1e3
@@ -48,6 +49,17 @@ class Optimizer:
 # The extra arguments of lyapopt's optimizers (and of `stabilize`), for every
 # benchmark: the loss at the parameters, and the loss as a function of them.
 LYAPOPT_EXTRAS = ("value", "value_fn")
+RATE_FREE = "lyapunov_adam/rate_free"
+
+
+def recipe_shape(steps: int, *, warmup: bool = True) -> optax.Schedule:
+    """The language-model recipe's schedule with a peak of 1: a linear warmup
+    over 5% of the run (where ``warmup``), then cosine decay to a tenth."""
+    if warmup:
+        return optax.warmup_cosine_decay_schedule(
+            0.0, 1.0, max(1, steps // 20), steps, end_value=0.1
+        )
+    return optax.cosine_decay_schedule(1.0, steps, alpha=0.1)
 
 
 def _peers() -> tuple[Optimizer, ...]:
@@ -80,6 +92,13 @@ def _peers() -> tuple[Optimizer, ...]:
             "contrib.sophia", lambda lr, n: contrib.sophia(lr), extras=("obj_fn",)
         ),
         Optimizer("contrib.prodigy", lambda lr, n: contrib.prodigy(lr)),
+        # GeN (benchmarks/gen.py) on Adam's direction, the rate from a fresh
+        # batch every 4 steps, the shape of the rate-free configuration.
+        Optimizer(
+            "gen(adam)",
+            lambda lr, n: gen(optax.adam(lr), 4, shape=recipe_shape(n)),
+            extras=(FRESH,),
+        ),
     )
 
 
@@ -115,6 +134,17 @@ def _ours() -> tuple[Optimizer, ...]:
         Optimizer(
             "lyapunov_adam/every10",
             lambda lr, n: lyapopt.lyapunov_adam(lr, curvature_every=10),
+            LYAPOPT_EXTRAS,
+            adam_lr,
+        ),
+        # The rate-free configuration: the rate measured every step in the
+        # first tenth of the run, from lyapunov_adam's default, then held;
+        # the recipe's warmup-cosine shape on it.
+        Optimizer(
+            RATE_FREE,
+            lambda lr, n: lyapopt.lyapunov_adam(
+                lr, rate_every=1, rate_until=n // 10, rate_shape=recipe_shape(n)
+            ),
             LYAPOPT_EXTRAS,
             adam_lr,
         ),

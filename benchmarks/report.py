@@ -25,7 +25,9 @@ COST_TARGETS = (
     ("lyapunov_sgd first-order", "optax.sgd", 1.05),
     ("lyapunov_adam", "optax.adam", 2.7),
     ("lyapunov_adam/every10", "optax.adam", 1.5),
+    ("lyapunov_adam/rate_free", "optax.adam", 1.5),
 )
+RATE_FREE = "lyapunov_adam/rate_free"
 
 
 def _ours(name: str) -> bool:
@@ -120,6 +122,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "holds": all(v <= 1.0 for v in gaps.values()),
             }
         )
+        if unit == "pp" and RATE_FREE in gaps:
+            out.append(
+                {
+                    "target": f"{n}: `{RATE_FREE}` untuned within 0.5 pp of the best "
+                    f"tuned peer ({peer})",
+                    "measured": f"{gaps[RATE_FREE]:+.2f} pp",
+                    "holds": gaps[RATE_FREE] <= 0.5,
+                }
+            )
     return out
 
 

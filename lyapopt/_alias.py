@@ -99,6 +99,7 @@ def lyapunov_sgd(
     spike_window: int = DEFAULTS.spike_window,
     max_skips: int | jax.Array = DEFAULTS.max_skips,
     rate_every: int | jax.Array | None = DEFAULTS.rate_every,
+    rate_until: int | jax.Array | None = DEFAULTS.rate_until,
     rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
@@ -156,6 +157,7 @@ def lyapunov_sgd(
         (:func:`lyapopt.scale_by_held_out_rate`); ``None``: off. With it,
         ``learning_rate`` (a number) is where the measured rate starts,
         and the paper's decay multiplies the measured rate.
+      rate_until: see :func:`lyapopt.stabilize`.
       rate_shape: see :func:`lyapopt.stabilize`.
       safety: see :func:`lyapopt.stabilize` (``None``: no curvature cap).
       curvature_every: see :func:`lyapopt.stabilize`.
@@ -251,6 +253,7 @@ def lyapunov_adam(
     spike_window: int = DEFAULTS.spike_window,
     max_skips: int | jax.Array = DEFAULTS.max_skips,
     rate_every: int | jax.Array | None = DEFAULTS.rate_every,
+    rate_until: int | jax.Array | None = DEFAULTS.rate_until,
     rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
@@ -299,6 +302,7 @@ def lyapunov_adam(
         (:func:`lyapopt.scale_by_held_out_rate`); ``None``: off. With it,
         ``learning_rate`` (a number) is where the measured rate starts,
         and the paper's decay multiplies the measured rate.
+      rate_until: see :func:`lyapopt.stabilize`.
       rate_shape: see :func:`lyapopt.stabilize`.
       safety: see :func:`lyapopt.stabilize` (``None``: no curvature cap).
       curvature_every: see :func:`lyapopt.stabilize`.

@@ -32,6 +32,8 @@ class StageOptions(NamedTuple):
       rate_every: measure the rate of :func:`lyapopt.scale_by_held_out_rate`
         every this many steps; ``None`` (the default) turns that stage off
         and the wrapped optimizer's own rate is used.
+      rate_until: measure the rate only before this step, then hold it;
+        ``None``: throughout the run. Only with ``rate_every``.
       rate_shape: the schedule shape (value 1 at step 0) that multiplies the
         measured rate; ``None``: 1. Only with ``rate_every``.
       safety: the curvature cap's fraction of the model's minimum ``s*``;
@@ -58,6 +60,7 @@ class StageOptions(NamedTuple):
     spike_window: int = 50
     max_skips: int | jax.Array = 10
     rate_every: int | jax.Array | None = None
+    rate_until: int | jax.Array | None = None
     rate_shape: optax.ScalarOrSchedule | None = None
     safety: float | jax.Array | None = 1.0
     curvature_every: int | jax.Array = 1

@@ -22,13 +22,12 @@ _CLAMP = 2.0
 # Ours: the decay of the averages whose ratio is the target (about 10
 # measurements; the ratio of two averages started at 0 needs no debiasing).
 _AVERAGING = 0.9
-# TEMPORARY horizon switches for benchmarks/notes/horizon_probe.py (issue
-# 20), read when a HeldOutRate is built (`stabilize` builds one inside the
-# optimizer's factory): the applied factor is `_LEVEL * rate * shape`, and
-# the rate is measured only while `count < _MEASURE_UNTIL` (then frozen).
-# The defaults keep the stage's behaviour.
-_LEVEL = 1.0
-_MEASURE_UNTIL: int | None = None
+# Ours, with `rate_until` (a level measured early, then held): the target
+# averaged over about 50 measurements, most of a level phase, and followed
+# without a second smoothing (the clamp alone), so that the level settles
+# within the phase (benchmarks/notes/horizon_probe.md, variant H2g).
+_LEVEL_AVERAGING = 0.98
+_LEVEL_SMOOTHING = 1.0
 
 
 class ScaleByHeldOutRateState(NamedTuple):
@@ -80,6 +79,7 @@ class ScaleByHeldOutRateState(NamedTuple):
 def scale_by_held_out_rate(
     rate_every: int | jax.Array = 4,
     *,
+    rate_until: int | jax.Array | None = None,
     rate_shape: optax.ScalarOrSchedule | None = None,
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -152,22 +152,33 @@ def scale_by_held_out_rate(
     the shape in), so ``r`` is the greedy best rate, and ``shape(t)``
     multiplies it (GeN's ``scale``, e.g. ``optax.cosine_decay_schedule(1.0,
     steps)`` or :func:`lyapopt.exponential_schedule` with ``init_value``
-    1): the measurement sets the level, the shape the decay the run asks
-    for on top of it. The greedy level falls by itself where the noise
-    dominates, so a decaying shape decays the step twice; with no shape the
-    decay is the measurement's alone. Give the wrapped optimizer a constant
-    rate: a decay of its own is undone by the measurement, which sets ``r``
-    against it.
+    1). Measured throughout the run (``rate_until=None``) the greedy level
+    falls by itself where the noise dominates, so a decaying shape decays
+    the step twice: on a small language model that ended 10% behind the
+    tuned recipe. **With** ``rate_until`` the level is measured early, while
+    the gradient's signal dominates its noise, and then held, and the shape
+    alone decays it (the rule for the horizon: the measurement sets the
+    peak, the shape the decay the run asks for). Over that phase the target
+    is averaged over about 50 measurements (decay 0.98) and the rate
+    follows it with the clamp alone, ``r <- clip(target, r / 2, 2 r)``, so
+    that it settles within the phase from a start 100x too small or 30x
+    too large. ``rate_until = steps // 10`` with ``rate_every=1`` is the
+    rate-free configuration (:func:`lyapopt.stabilize`;
+    ``benchmarks/RESULTS.md`` measures it). Give the wrapped optimizer a
+    constant rate: a decay of its own is undone by the measurement, which
+    sets ``r`` against it.
 
     What is whose: the fit of the quadratic model along the update, its
     convex-only acceptance, the smoothing, the clamp and the outside shape
     are GeN's (Bu & Xu), which fits a parabola to three losses on a fresh
-    batch every 4-8 steps; the noise-aware optimum is McCandlish et al.'s.
+    batch every 4-8 steps; the noise-aware optimum is McCandlish et al.'s;
+    the short-horizon bias is Wu et al.'s finding.
     Ours: the fresh batch is the next one, judged at the step that was
     taken (no extra batch, no extra argument name: a chain with optax's
     line searches, which pass extra keywords on to ``value_fn``, works
     unchanged); exact derivatives by one forward-over-forward pass instead
-    of a fit (so no ``R^2`` test); the ratio of expectations; the
+    of a fit (so no ``R^2`` test); the ratio of expectations; the level
+    measured early and held, its long average and its unsmoothed clamp; the
     correction ``c`` for what later caps and the guard left of the step.
 
     Cost: one forward-over-forward pass every ``rate_every`` steps, inside
@@ -180,6 +191,9 @@ def scale_by_held_out_rate(
 
     Args:
       rate_every: measure every this many steps, ``>= 1`` (GeN: 4 to 8).
+      rate_until: measure only before this step, then hold the rate (the
+        horizon rule above; e.g. ``steps // 10`` with ``rate_every=1``);
+        ``None``: measure throughout the run.
       rate_shape: the schedule shape that multiplies the measured rate, an
         optax schedule with value 1 at step 0, or a number; ``None``: 1.
       axis_name: under ``jax.pmap`` or ``shard_map``, the axis over which
@@ -218,7 +232,7 @@ def scale_by_held_out_rate(
       >>> round(float(state[1].optimum), 4), round(float(state[1].rate), 4)
       (0.25, 0.95)
     """
-    return _stage.transform(HeldOutRate(rate_every, rate_shape), axis_name)
+    return _stage.transform(HeldOutRate(rate_every, rate_shape, rate_until), axis_name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,13 +241,9 @@ class HeldOutRate(_stage.EveryBatch):
 
     rate_every: int | jax.Array
     rate_shape: optax.ScalarOrSchedule | None
+    rate_until: int | jax.Array | None = None
     where: str = _WHERE
     needs_value_fn: bool = True
-    # TEMPORARY (see _LEVEL): the probe's horizon switches.
-    level: float = dataclasses.field(default_factory=lambda: _LEVEL)
-    measure_until: int | None = dataclasses.field(
-        default_factory=lambda: _MEASURE_UNTIL
-    )
 
     def __post_init__(self) -> None:
         check_number(
@@ -244,6 +254,16 @@ class HeldOutRate(_stage.EveryBatch):
             integer=True,
             fix="Pass 4 to measure every 4 steps, as GeN does.",
         )
+        if self.rate_until is not None:
+            check_number(
+                _WHERE,
+                "rate_until",
+                self.rate_until,
+                lower=0.0,
+                integer=True,
+                fix="Pass a tenth of the run's steps (`steps // 10`) to measure "
+                "the rate early and hold it, or None to measure throughout.",
+            )
         if self.rate_shape is not None and not callable(self.rate_shape):
             check_number(
                 _WHERE,
@@ -291,8 +311,8 @@ class HeldOutRate(_stage.EveryBatch):
         work = jnp.promote_types(dtype, problem.loss_dtype)
         every = jnp.asarray(self.rate_every).astype(state.count.dtype)
         measured = (state.count >= 1) & (state.count % every == 0)
-        if self.measure_until is not None:
-            measured = measured & (state.count < self.measure_until)
+        if self.rate_until is not None:
+            measured = measured & (state.count < self.rate_until)
 
         def measure() -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
             step = jax.tree.map(_difference, params, state.previous)
@@ -324,21 +344,22 @@ class HeldOutRate(_stage.EveryBatch):
         # p, so a spike in one step's length does not swamp the averages.
         weighted = (norm * curv - slope) / jnp.where(accepted, length, 1)
         accepted = accepted & jnp.isfinite(weighted)
-        numerator = _average(state.numerator, weighted, accepted)
-        denominator = _average(state.denominator, curv, accepted)
+        level = self.rate_until is not None
+        decay = _LEVEL_AVERAGING if level else _AVERAGING
+        numerator = _average(state.numerator, weighted, accepted, decay)
+        denominator = _average(state.denominator, curv, accepted, decay)
         target = numerator / jnp.where(denominator > 0, denominator, 1)
         rate = state.rate.astype(work)
         clipped = jnp.clip(target, rate / _CLAMP, rate * _CLAMP)
-        rate = jnp.where(
-            accepted, (1 - _SMOOTHING) * rate + _SMOOTHING * clipped, rate
-        ).astype(dtype)
-        scale = (self.level * rate * self.shape(state.count, dtype)).astype(dtype)
+        w = _LEVEL_SMOOTHING if level else _SMOOTHING
+        rate = jnp.where(accepted, (1 - w) * rate + w * clipped, rate).astype(dtype)
+        scale = (rate * self.shape(state.count, dtype)).astype(dtype)
 
         # ||u_t||, for the measurement at the next step only.
         count = jnp.asarray(optax.safe_increment(state.count))
         measures_next = count % every == 0
-        if self.measure_until is not None:
-            measures_next = measures_next & (count < self.measure_until)
+        if self.rate_until is not None:
+            measures_next = measures_next & (count < self.rate_until)
         next_length = lax.cond(
             measures_next,
             lambda: line.norm(work).astype(dtype),
@@ -375,8 +396,10 @@ def _difference(now: jax.Array, before: jax.Array) -> jax.Array:
     return now.astype(work) - jnp.asarray(before).astype(work)
 
 
-def _average(average: jax.Array, x: jax.Array, accepted: jax.Array) -> jax.Array:
+def _average(
+    average: jax.Array, x: jax.Array, accepted: jax.Array, decay: float
+) -> jax.Array:
     """The moving average with ``x`` taken in where ``accepted``."""
     average = average.astype(x.dtype)
-    new = _AVERAGING * average + (1 - _AVERAGING) * x
+    new = decay * average + (1 - decay) * x
     return jnp.where(accepted, new, average)

@@ -171,6 +171,13 @@ def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
             "`rate_every=4` to measure the rate every 4 steps, or put the "
             "schedule in the wrapped optimizer's learning rate."
         )
+    if options.rate_every is None and options.rate_until is not None:
+        raise ValueError(
+            "stabilize: `rate_until` ends the measurement of the rate that "
+            "`rate_every` turns on, and `rate_every` is None (the held-out rate "
+            "is off). Pass `rate_every=1` to measure at every step until "
+            "`rate_until`."
+        )
     off = _stage.Off()
     return (
         off
@@ -180,7 +187,7 @@ def stages(options: StageOptions) -> tuple[_stage.Stage, ...]:
         ),
         off
         if options.rate_every is None
-        else HeldOutRate(options.rate_every, options.rate_shape),
+        else HeldOutRate(options.rate_every, options.rate_shape, options.rate_until),
         off
         if options.safety is None
         else CurvatureCap(options.safety, options.curvature_every, options.max_scale),
@@ -200,6 +207,7 @@ def stabilize(
     spike_window: int = DEFAULTS.spike_window,
     max_skips: int | jax.Array = DEFAULTS.max_skips,
     rate_every: int | jax.Array | None = DEFAULTS.rate_every,
+    rate_until: int | jax.Array | None = DEFAULTS.rate_until,
     rate_shape: optax.ScalarOrSchedule | None = DEFAULTS.rate_shape,
     safety: float | jax.Array | None = DEFAULTS.safety,
     curvature_every: int | jax.Array = DEFAULTS.curvature_every,
@@ -276,6 +284,8 @@ def stabilize(
       rate_every: measure the rate every this many steps
         (:func:`lyapopt.scale_by_held_out_rate`); ``None`` turns that stage
         off.
+      rate_until: measure the rate only before this step, then hold it
+        (``None``: throughout).
       rate_shape: the schedule shape that multiplies the measured rate.
       safety: the cap's fraction of the model's minimum; ``None`` turns the
         curvature cap off.

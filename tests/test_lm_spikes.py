@@ -49,7 +49,7 @@ def test_every_peer_runs_at_every_multiplier(quick: tuple) -> None:
     free = 0
     for peer in lm_spikes.peers():
         runs = study["runs"][peer.name]
-        multipliers = list(lm_spikes.MULTIPLIERS)
+        multipliers = list(peer.starts or lm_spikes.MULTIPLIERS)
         if peer.own_rate is not None:  # learning-rate-free: once, at its default
             multipliers, free = [1.0], free + 1
             assert runs[0]["learning_rate"] == peer.own_rate
@@ -57,7 +57,10 @@ def test_every_peer_runs_at_every_multiplier(quick: tuple) -> None:
         for r, m in zip(runs, multipliers, strict=True):
             assert math.isclose(r["learning_rate"], peer.rate(best, m), rel_tol=1e-9)
             assert len(r["batch_loss"]) == study["settings"]["steps"]
-    assert free == 4  # prodigy, dog, schedule-free AdamW, mechanize
+    assert free == 3  # prodigy, schedule-free AdamW, mechanize
+    # The rate-free configuration and GeN start from 0.01x to 30x.
+    for name in (lm_spikes.RATE_FREE, lm_spikes.GEN):
+        assert [r["multiplier"] for r in study["runs"][name]] == list(lm_spikes.STARTS)
 
 
 def test_the_baseline_is_its_sweeps_best_rate_and_reuses_its_runs(quick: tuple) -> None:
@@ -81,17 +84,33 @@ def test_seeds_at_each_peers_best_multiplier(quick: tuple) -> None:
             key=lambda r: math.inf if r["diverged"] else r["final_bpb"],
         )
         assert {r["multiplier"] for r in seeds} == {best["multiplier"]}, name
-    untuned = study["seeds"][lm_spikes.UNTUNED]
-    assert [r["learning_rate"] for r in untuned] == [study["default_lr"]] * n
+    untuned = study["untuned"]
+    assert set(untuned) == {"lyapunov_adam", lm_spikes.RATE_FREE, lm_spikes.GEN}
+    assert [r["learning_rate"] for r in untuned["lyapunov_adam"]] == [
+        study["default_lr"]
+    ] * n
+    for name in (lm_spikes.RATE_FREE, lm_spikes.GEN):
+        assert [r["learning_rate"] for r in untuned[name]] == [
+            lm_spikes.UNTUNED_RATE
+        ] * n
+        assert [r["seed"] for r in untuned[name]] == list(range(n))
 
 
 def test_every_peer_is_timed_and_the_goals_are_judged(quick: tuple) -> None:
     study, _ = quick
-    assert set(study["per_step"]) == set(study["runs"])
+    assert set(study["per_step"]) == set(study["runs"]) | set(
+        lm_spikes.RATE_FREE_PHASES
+    )
     for t in study["per_step"].values():
         assert 0 < t["q1"] <= t["median"] <= t["q3"]
     goals = lm_spikes.goals(study)
-    assert [g.goal[:2] for g in goals] == ["1.", "2.", "3.", "4."]
+    assert [g.goal[:2] for g in goals] == [
+        "1.",
+        "2.",
+        "3.",
+        "4.",
+        *["R1", "R2", "R3", "R4"],
+    ]
     s = lm_spikes.summary(study)
     assert s["peers"][lm_spikes.BASELINE]["cost_ratio"] == 1.0
 
@@ -103,6 +122,10 @@ def test_the_section_and_the_plots_are_written(quick: tuple) -> None:
     for name, runs in study["runs"].items():
         row = next(line for line in md.splitlines() if line.startswith(f"| `{name}` |"))
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
+        if runs[0]["multiplier"] == lm_spikes.STARTS[0]:  # from each start
+            assert len(cells) == len(lm_spikes.STARTS), row
+            assert all(" / " in c for c in cells), row
+            continue
         assert len(cells) == len(lm_spikes.MULTIPLIERS), row
         # bits/byte / spikes at each multiplier; a rate-free peer's one run
         # in the first column, and a pointer to it in the others

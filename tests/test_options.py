@@ -51,7 +51,7 @@ def test_every_stage_option_has_the_shared_name_and_default(factory) -> None:
     [
         (lyapopt.scale_by_curvature, ("safety", "curvature_every", "max_scale")),
         (lyapopt.lyapunov_guard, ("tolerance", "max_backtracks", "decrease")),
-        (lyapopt.scale_by_held_out_rate, ("rate_shape",)),
+        (lyapopt.scale_by_held_out_rate, ("rate_shape", "rate_until")),
         (lyapopt.skip_loss_spikes, ("spike_window", "max_skips")),
     ],
 )
@@ -93,6 +93,7 @@ NON_DEFAULT = {
     "spike_window": 2,
     "max_skips": 1,
     "rate_every": 2,
+    "rate_until": 3,
     "rate_shape": optax.linear_schedule(1.0, 0.5, 4),
     "safety": 0.5,
     "curvature_every": 3,
@@ -113,7 +114,7 @@ NON_DEFAULT = {
 def test_lyapunov_adam_forwards_every_stage_option_to_stabilize(option: str) -> None:
     # A shape multiplies a measured rate: it goes with `rate_every`.
     options = {option: NON_DEFAULT[option]}
-    if option == "rate_shape":
+    if option in ("rate_shape", "rate_until"):
         options["rate_every"] = NON_DEFAULT["rate_every"]
     ours = _quadratic_steps(lyapopt.lyapunov_adam(1.0, **options))[0]
     direct = _quadratic_steps(

@@ -228,6 +228,25 @@ def test_the_shape_multiplies_the_measured_rate_and_is_not_undone() -> None:
     )
 
 
+def test_rate_until_holds_the_rate_measured_before_it() -> None:
+    # Measured at steps 1..until-1, then held: the rate after `until` steps
+    # is the rate at step `until`, and no measurement is counted after it.
+    hessian, gradient, _ = _problem(8)
+    until, steps = 20, 60
+    tx = optax.chain(
+        optax.sgd(1.0), lyapopt.scale_by_held_out_rate(1, rate_until=until)
+    )
+    states = _stationary(tx, hessian, gradient, 0.0, steps, seeds=1)
+    rate = np.asarray(states.rate[0])
+    assert rate[until - 1] != rate[until - 2]  # still measuring at until - 1
+    np.testing.assert_array_equal(rate[until - 1 :], rate[until - 1])
+    assert int(states.measurements[0, -1]) == until - 1
+    with pytest.raises(ValueError, match="rate_every=1"):
+        lyapopt.stabilize(optax.sgd(1.0), rate_until=10)
+    with pytest.raises(ValueError, match=r"rate_until.*steps // 10"):
+        lyapopt.scale_by_held_out_rate(1, rate_until=-1)
+
+
 def test_the_optimizers_move_the_papers_decay_into_the_shape() -> None:
     alpha = 0.05
     tx = lyapopt.lyapunov_sgd(

@@ -41,12 +41,18 @@ from benchmarks.lm_spikes import report
 from benchmarks.lm_spikes.cost import COST_PARTS, SUITE_COST, cost_breakdown, suite_cost
 from benchmarks.lm_spikes.peers import (
     BASELINE,
+    GEN,
+    RATE_FREE,
     RECOMMENDED,
     UNTUNED,
+    UNTUNED_RATE,
     Peer,
     adamw_recipe,
     peers,
+    rate_free,
+    recipe_direction,
     recipe_schedule,
+    recipe_shape,
 )
 from benchmarks.lm_spikes.report import (
     BEGIN,
@@ -57,8 +63,23 @@ from benchmarks.lm_spikes.report import (
     plot,
     summary,
 )
-from benchmarks.lm_spikes.runs import SPIKE_FACTOR, SPIKE_WINDOW, record, run, spikes
-from benchmarks.lm_spikes.settings import LABELS, MULTIPLIERS, NAME, QUICK, Settings
+from benchmarks.lm_spikes.runs import (
+    RATE_FREE_PHASES,
+    SPIKE_FACTOR,
+    SPIKE_WINDOW,
+    record,
+    run,
+    spikes,
+)
+from benchmarks.lm_spikes.settings import (
+    LABELS,
+    MULTIPLIERS,
+    NAME,
+    QUICK,
+    START_LABELS,
+    STARTS,
+    Settings,
+)
 from benchmarks.study import package
 
 STUDY = package(NAME, run, Settings, QUICK, report)
@@ -68,17 +89,23 @@ __all__ = [
     "BEGIN",
     "COST_PARTS",
     "END",
+    "GEN",
     "LABELS",
     "MULTIPLIERS",
     "NAME",
     "QUICK",
+    "RATE_FREE",
+    "RATE_FREE_PHASES",
     "RECOMMENDED",
     "SPIKE_FACTOR",
     "SPIKE_WINDOW",
+    "STARTS",
+    "START_LABELS",
     "STUDY",
     "SUITE_COST",
     "TARGET_SLACK",
     "UNTUNED",
+    "UNTUNED_RATE",
     "Peer",
     "Settings",
     "adamw_recipe",
@@ -87,7 +114,10 @@ __all__ = [
     "markdown",
     "peers",
     "plot",
+    "rate_free",
+    "recipe_direction",
     "recipe_schedule",
+    "recipe_shape",
     "record",
     "run",
     "spikes",

@@ -11,8 +11,9 @@ import optax
 from optax import contrib
 
 import lyapopt
-from benchmarks.lm_spikes.settings import MULTIPLIERS
-from benchmarks.optimizers import LYAPOPT_EXTRAS, Optimizer
+from benchmarks.gen import FRESH, gen
+from benchmarks.lm_spikes.settings import MULTIPLIERS, STARTS
+from benchmarks.optimizers import LYAPOPT_EXTRAS, OPTIMIZERS, Optimizer, recipe_shape
 from benchmarks.spike_peers import skip_on_spike, spam, zclip
 
 BASELINE = "adamw+clip (recipe)"
@@ -20,22 +21,48 @@ BASELINE = "adamw+clip (recipe)"
 # step, the curvature every 50 steps (see ``benchmarks.lm_spikes.cost``).
 RECOMMENDED = "stabilize(recipe, curvature_every=50)"
 UNTUNED = "lyapunov_adam() untuned"
+# The rate-free configuration (issue 20): the recipe's direction at a
+# constant rate, the rate measured on the next batch during the first tenth
+# of the run and held, the recipe's warmup-cosine shape on it.
+RATE_FREE = "stabilize(recipe direction, rate_until=n/10)"
+GEN = "gen(recipe direction)"
+# The rate a user gives who gives none: AdamW's usual default.
+UNTUNED_RATE = 1e-3
 
 
 def recipe_schedule(lr: Any, steps: int, *, warmup: bool = True) -> optax.Schedule:
-    """Linear warmup over 5% of the run (where ``warmup``), then cosine decay
-    to ``lr / 10``.
+    """``lr`` times :func:`recipe_shape`.
 
     ``lr`` may be a traced array (the runner passes the rate as an argument),
     so the schedule is the rate times a shape that peaks at 1.
     """
-    if warmup:
-        shape = optax.warmup_cosine_decay_schedule(
-            0.0, 1.0, max(1, steps // 20), steps, end_value=0.1
-        )
-    else:
-        shape = optax.cosine_decay_schedule(1.0, steps, alpha=0.1)
+    shape = recipe_shape(steps, warmup=warmup)
     return lambda count: lr * shape(count)
+
+
+def recipe_direction(lr: Any) -> optax.GradientTransformation:
+    """The recipe at the constant rate ``lr``: the direction that the
+    rate-free configuration and GeN scale."""
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(lr, b2=0.95, weight_decay=0.1),
+    )
+
+
+def rate_free(
+    lr: Any, steps: int, *, rate_until: int | None = -1
+) -> optax.GradientTransformationExtraArgs:
+    """The rate-free configuration: the recipe's direction started at ``lr``;
+    the rate measured every step during the first tenth of the run
+    (``rate_until``; -1: ``steps // 10``) and held, times the recipe's shape;
+    the curvature cap every 50 steps and the guard every step."""
+    return lyapopt.stabilize(
+        recipe_direction(lr),
+        rate_every=1,
+        rate_until=steps // 10 if rate_until == -1 else rate_until,
+        rate_shape=recipe_shape(steps),
+        curvature_every=50,
+    )
 
 
 def adamw_recipe(
@@ -53,12 +80,17 @@ class Peer:
     ``own_rate`` is ``None`` for a peer run at multiples of the baseline's
     tuned rate, else the peer's own default (the learning-rate-free
     optimizers), at which it runs once: the baseline's multiplier means
-    nothing to it. ``family`` groups the tables and plots.
+    nothing to it. ``starts`` replaces the multipliers (the rate-free
+    configurations: the rate they start from); ``untuned`` is the rate a
+    user who gives none gets, run with every seed. ``family`` groups the
+    tables and plots.
     """
 
     optimizer: Optimizer
     family: str
     own_rate: float | None = None
+    starts: tuple[float, ...] | None = None
+    untuned: float | None = None
 
     @property
     def name(self) -> str:
@@ -67,6 +99,8 @@ class Peer:
     @property
     def multipliers(self) -> tuple[float, ...]:
         """The multipliers this peer is run at."""
+        if self.starts is not None:
+            return self.starts
         return MULTIPLIERS if self.own_rate is None else (1.0,)
 
     def rate(self, best: float, multiplier: float) -> float:
@@ -81,22 +115,10 @@ def peers() -> tuple[Peer, ...]:
 
     clipped = "clipping and skipping"
     free = "learning-rate-free (at its default)"
+    measured = "rate set by measurement (from each start)"
     ours = "lyapopt"
     return (
         Peer(make(BASELINE, adamw_recipe), clipped),
-        Peer(
-            make("adamw (no clip)", lambda lr, n: adamw_recipe(lr, n, clip=False)),
-            clipped,
-        ),
-        Peer(
-            make(
-                "adaptive_grad_clip+adamw",
-                lambda lr, n: optax.chain(
-                    optax.adaptive_grad_clip(0.05), adamw_recipe(lr, n, clip=False)
-                ),
-            ),
-            clipped,
-        ),
         Peer(
             make(
                 "zclip+adamw",
@@ -120,7 +142,6 @@ def peers() -> tuple[Peer, ...]:
             clipped,
         ),
         Peer(make("contrib.prodigy", lambda lr, n: contrib.prodigy(lr)), free, 1.0),
-        Peer(make("contrib.dog", lambda lr, n: contrib.dog(lr)), free, 1.0),
         Peer(
             make(
                 "contrib.schedule_free_adamw",
@@ -149,6 +170,25 @@ def peers() -> tuple[Peer, ...]:
                 extras=LYAPOPT_EXTRAS,
             ),
             ours,
+            untuned=OPTIMIZERS["lyapunov_adam"].default_lr,
+        ),
+        Peer(
+            make(
+                GEN,
+                # GeN's rule on the same direction and shape, a rate every 4
+                # steps from a fresh batch (benchmarks/gen.py).
+                lambda lr, n: gen(recipe_direction(lr), 4, shape=recipe_shape(n)),
+                extras=(FRESH,),
+            ),
+            measured,
+            starts=STARTS,
+            untuned=UNTUNED_RATE,
+        ),
+        Peer(
+            make(RATE_FREE, rate_free, extras=(*LYAPOPT_EXTRAS, "grad")),
+            ours,
+            starts=STARTS,
+            untuned=UNTUNED_RATE,
         ),
         Peer(
             make(

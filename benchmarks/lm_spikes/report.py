@@ -10,13 +10,40 @@ from typing import Any
 import numpy as np
 
 from benchmarks.figures import line_styles, loss_limits, pyplot, save
-from benchmarks.lm_spikes.peers import BASELINE, UNTUNED
-from benchmarks.lm_spikes.runs import SPIKE_FACTOR, SPIKE_WINDOW
-from benchmarks.lm_spikes.settings import LABELS, MULTIPLIERS, NAME
+from benchmarks.lm_spikes.peers import BASELINE, GEN, RATE_FREE, UNTUNED
+from benchmarks.lm_spikes.runs import RATE_FREE_PHASES, SPIKE_FACTOR, SPIKE_WINDOW
+from benchmarks.lm_spikes.settings import (
+    LABELS,
+    MULTIPLIERS,
+    NAME,
+    START_LABELS,
+    STARTS,
+)
 from benchmarks.markdown import fmt, table
 from benchmarks.study import Goal
 
 TARGET_SLACK = 0.02  # 2% above the tuned baseline's final bits per byte
+# The share of a run during which the rate-free configuration measures.
+LEVEL_SHARE = 0.1
+
+
+def label(multiplier: float | None) -> str:
+    """``1x``, ``0.01x``, ...; ``untuned`` for ``None``."""
+    for ms, labels in ((MULTIPLIERS, LABELS), (STARTS, START_LABELS)):
+        for m, lab in zip(ms, labels, strict=True):
+            if multiplier is not None and math.isclose(m, multiplier, rel_tol=1e-9):
+                return lab
+    return "untuned" if multiplier is None else f"{multiplier:g}x"
+
+
+def _first_at(run: dict[str, Any], target: float) -> int | None:
+    """The first evaluated step at which a run's bits/byte reach ``target``."""
+    return next(
+        (s for s, v in zip(run["eval_steps"], run["bpb"], strict=True) if v <= target),
+        None,
+    )
+
+
 BEGIN = f"<!-- BEGIN GENERATED: `python -m benchmarks --tasks {NAME}` -->"
 END = f"<!-- END GENERATED: {NAME} -->"
 
@@ -33,20 +60,20 @@ def summary(study: dict[str, Any]) -> dict[str, Any]:
     base = _mean_bpb(study["seeds"][BASELINE])
     target = base * (1 + TARGET_SLACK)
     step_s = {n: t["median"] for n, t in study["per_step"].items()}
-    out: dict[str, Any] = {"baseline_bpb": base, "target_bpb": target, "peers": {}}
+    measuring, held = (step_s[k] for k in RATE_FREE_PHASES)
+    # The rate-free configuration's step over a run: it measures in the
+    # first tenth.
+    step_s[RATE_FREE] = LEVEL_SHARE * measuring + (1 - LEVEL_SHARE) * held
+    out: dict[str, Any] = {
+        "baseline_bpb": base,
+        "target_bpb": target,
+        "peers": {},
+        "untuned": {},
+        "phase_cost_ratio": {k: step_s[k] / step_s[BASELINE] for k in RATE_FREE_PHASES},
+    }
     for name, runs in study["runs"].items():
         seeds = study["seeds"][name]
-        reached = [
-            next(
-                (
-                    s
-                    for s, v in zip(r["eval_steps"], r["bpb"], strict=True)
-                    if v <= target
-                ),
-                None,
-            )
-            for r in seeds
-        ]
+        reached = [_first_at(r, target) for r in seeds]
         hit = [s for s in reached if s is not None]
         out["peers"][name] = {
             "spikes": [r["spikes"] for r in runs],
@@ -60,20 +87,45 @@ def summary(study: dict[str, Any]) -> dict[str, Any]:
                 float(np.median(hit)) * step_s[name] if len(hit) == len(seeds) else None
             ),
         }
-    untuned = study["seeds"][UNTUNED]
-    out["untuned"] = {
-        "bpb": [r["final_bpb"] for r in untuned],
-        "mean": _mean_bpb(untuned),
-        "gap_percent": 100 * (_mean_bpb(untuned) - base) / base,
-        "spikes": [r["spikes"] for r in untuned],
+    for name, untuned in study["untuned"].items():
+        out["untuned"][name] = {
+            "learning_rate": untuned[0]["learning_rate"],
+            "bpb": [r["final_bpb"] for r in untuned],
+            "mean": _mean_bpb(untuned),
+            "gap_percent": 100 * (_mean_bpb(untuned) - base) / base,
+            "spikes": [r["spikes"] for r in untuned],
+        }
+    # Time to the tuned recipe's quality, tuning included: the baseline's
+    # first `sweep_points` sweep runs (each a whole run; the tuned quality
+    # is the end of the best), against one untuned run of the rate-free
+    # configuration (seed 0) until it first reaches that quality (within
+    # 0%, 1%, 2%).
+    steps = study["settings"]["steps"]
+    sweep = study["settings"]["sweep_points"] * steps * step_s[BASELINE]
+    ours = study["untuned"][RATE_FREE][0]
+    out["time_to_quality"] = {
+        "sweep_seconds": sweep,
+        "rate_free_seconds": {
+            slack: (
+                None
+                if (s := _first_at(ours, base * (1 + slack / 100))) is None
+                else s * step_s[RATE_FREE]
+            )
+            for slack in (0, 1, 2)
+        },
     }
     return out
 
 
 def goals(study: dict[str, Any]) -> list[Goal]:
-    """The four goals: what was measured, and whether each holds."""
+    """The goals of the spike study, then the rate-free issue's: what was
+    measured, and whether each holds."""
     s = summary(study)
-    ours = [n for n, f in study["families"].items() if f == "lyapopt"]
+    ours = [
+        n
+        for n, f in study["families"].items()
+        if f == "lyapopt" and study["runs"][n][0]["multiplier"] in MULTIPLIERS
+    ]
     peers_ = s["peers"]
     calm = {
         n: sum(peers_[n]["spikes"]) == 0 and not any(peers_[n]["diverged"])
@@ -93,14 +145,68 @@ def goals(study: dict[str, Any]) -> list[Goal]:
         ),
         Goal(
             "3. lyapunov_adam() untuned within 1% of the tuned baseline",
-            f"{s['untuned']['gap_percent']:+.2f}% "
-            f"({s['untuned']['mean']:.4f} vs {s['baseline_bpb']:.4f} bits/byte)",
-            s["untuned"]["gap_percent"] <= 1.0,
+            f"{s['untuned']['lyapunov_adam']['gap_percent']:+.2f}% "
+            f"({s['untuned']['lyapunov_adam']['mean']:.4f} vs "
+            f"{s['baseline_bpb']:.4f} bits/byte)",
+            s["untuned"]["lyapunov_adam"]["gap_percent"] <= 1.0,
         ),
         Goal(
             "4. step cost at most 1.5x the baseline's",
             ", ".join(f"{n}: {peers_[n]['cost_ratio']:.2f}x" for n in ours),
             any(peers_[n]["cost_ratio"] <= 1.5 for n in ours),
+        ),
+        *rate_free_goals(study, s),
+    ]
+
+
+def rate_free_goals(study: dict[str, Any], s: dict[str, Any]) -> list[Goal]:
+    """The rate-free issue's goals on this study (its digits half is the
+    suite's)."""
+    free = s["untuned"][RATE_FREE]
+    gaps = s["peers"][RATE_FREE]["gap_percent"]
+    starts = study["runs"][RATE_FREE]
+    cost = s["peers"][RATE_FREE]["cost_ratio"]
+    phases = ", ".join(f"{k} {v:.2f}x" for k, v in s["phase_cost_ratio"].items())
+    t = s["time_to_quality"]
+    times = t["rate_free_seconds"]
+    ratio = {k: None if v is None else v / t["sweep_seconds"] for k, v in times.items()}
+    return [
+        Goal(
+            "R1. rate-free untuned within 1% of the tuned recipe's 3-seed mean",
+            f"{free['gap_percent']:+.2f}% ({free['mean']:.4f} vs "
+            f"{s['baseline_bpb']:.4f}; started at {free['learning_rate']:g})",
+            free["gap_percent"] <= 1.0,
+        ),
+        Goal(
+            "R2. rate-free within 2% of the tuned recipe from every start, 0.01x-30x",
+            ", ".join(
+                f"{label(r['multiplier'])} {g:+.1f}%"
+                for r, g in zip(starts, gaps, strict=True)
+            )
+            + f"; {GEN}: "
+            + ", ".join(
+                f"{label(r['multiplier'])} {g:+.1f}%"
+                for r, g in zip(
+                    study["runs"][GEN], s["peers"][GEN]["gap_percent"], strict=True
+                )
+            ),
+            max(gaps) <= 2.0,
+        ),
+        Goal(
+            "R3. rate-free step at most 1.3x the recipe's",
+            f"{cost:.2f}x over a run ({phases}, weighted "
+            f"{LEVEL_SHARE:g} / {1 - LEVEL_SHARE:g})",
+            cost <= 1.3,
+        ),
+        Goal(
+            "R4. time to the tuned quality, tuning included, at most 0.3x the "
+            "recipe's 5-point sweep",
+            f"sweep {t['sweep_seconds']:.0f} s; one untuned rate-free run to "
+            + ", ".join(
+                f"+{k}%: " + ("never" if v is None else f"{times[k]:.0f} s ({v:.2f}x)")
+                for k, v in ratio.items()
+            ),
+            ratio[0] is not None and ratio[0] <= 0.3,
         ),
     ]
 
@@ -147,8 +253,21 @@ def markdown(study: dict[str, Any], plots: dict[str, str]) -> str:
         "**Final validation bits/byte (seed 0) and spikes, at each multiplier**",
         "",
     ]
-    rows = []
+    rows, started = [], []
     for name, runs in study["runs"].items():
+        if runs[0]["multiplier"] in STARTS and len(runs) == len(STARTS):
+            started.append(
+                [
+                    f"`{name}`",
+                    study["families"][name],
+                    *(
+                        f"{_f(r['final_bpb'])}{' (div.)' if r['diverged'] else ''}"
+                        f" / {r['spikes']}"
+                        for r in runs
+                    ),
+                ]
+            )
+            continue
         cells = [
             f"{_f(r['final_bpb'])}{' (div.)' if r['diverged'] else ''} / {r['spikes']}"
             for r in runs
@@ -160,6 +279,18 @@ def markdown(study: dict[str, Any], plots: dict[str, str]) -> str:
         ["peer", "family", *(f"{m}: bits/byte / spikes" for m in LABELS)],
         rows,
         "ll" + "r" * 4,
+    )
+    lines += [
+        "",
+        "**The rate set by measurement, from each starting rate** (seed 0; the "
+        "start as a multiple of the baseline's best rate; final bits/byte / "
+        "spikes)",
+        "",
+    ]
+    lines += table(
+        ["peer", "family", *(f"from {m}" for m in START_LABELS)],
+        started,
+        "ll" + "r" * len(STARTS),
     )
     lines += [
         "",
@@ -175,24 +306,24 @@ def markdown(study: dict[str, Any], plots: dict[str, str]) -> str:
         rows.append(
             [
                 f"`{name}`",
-                "default" if free else LABELS[MULTIPLIERS.index(p["best_multiplier"])],
+                "default" if free else label(p["best_multiplier"]),
                 f"{_f(p['seeds_mean'])} [{_f(min(b))}-{_f(max(b))}]",
                 f"{100 * (p['seeds_mean'] - s['baseline_bpb']) / s['baseline_bpb']:+.2f}%",
                 f"{p['cost_ratio']:.2f}",
                 _f(p["seconds_to_target"], ".3g"),
             ]
         )
-    u = s["untuned"]
-    rows.append(
-        [
-            f"`{UNTUNED}`",
-            f"lr {study['default_lr']:g}",
-            f"{_f(u['mean'])} [{_f(min(u['bpb']))}-{_f(max(u['bpb']))}]",
-            f"{u['gap_percent']:+.2f}%",
-            "",
-            "",
-        ]
-    )
+    for name, u in s["untuned"].items():
+        rows.append(
+            [
+                f"`{UNTUNED}`" if name == "lyapunov_adam" else f"`{name}` untuned",
+                f"lr {u['learning_rate']:g}",
+                f"{_f(u['mean'])} [{_f(min(u['bpb']))}-{_f(max(u['bpb']))}]",
+                f"{u['gap_percent']:+.2f}%",
+                "",
+                "",
+            ]
+        )
     lines += table(
         [
             "peer",
@@ -227,6 +358,13 @@ def _columns(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return runs * len(MULTIPLIERS) if len(runs) == 1 else runs
 
 
+def _at(runs: list[dict[str, Any]], multiplier: float) -> dict[str, Any]:
+    """A peer's run at ``multiplier`` (a learning-rate-free peer's one run)."""
+    if len(runs) == 1:
+        return runs[0]
+    return next(r for r in runs if math.isclose(r["multiplier"], multiplier))
+
+
 def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     """The two figures: batch loss at 10x, and bits/byte against the multiplier."""
     plt = pyplot()
@@ -236,10 +374,9 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     )
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    at10 = LABELS.index("10x")
     finite = []
     for name in names:
-        run = _columns(study["runs"][name])[at10]
+        run = _at(study["runs"][name], 10.0)
         loss = np.asarray(run["batch_loss"], np.float64)
         finite += list(loss[np.isfinite(loss)])
         ax.plot(np.arange(len(loss)), loss, label=name, **style[name])
@@ -259,9 +396,14 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     top = 1.05 * max(kept, default=1.0)  # diverged runs are drawn here, as x
     for name in names:
         runs = _columns(study["runs"][name])  # rate-free: level across the axis
+        xs = (
+            MULTIPLIERS
+            if len(study["runs"][name]) == 1
+            else [r["multiplier"] for r in runs]
+        )
         y = [r["final_bpb"] if ok(r) else top for r in runs]
-        ax.plot(MULTIPLIERS, y, marker="o", markersize=3, label=name, **style[name])
-        bad = [(m, top) for m, r in zip(MULTIPLIERS, runs, strict=True) if not ok(r)]
+        ax.plot(xs, y, marker="o", markersize=3, label=name, **style[name])
+        bad = [(m, top) for m, r in zip(xs, runs, strict=True) if not ok(r)]
         if bad:
             ax.scatter(
                 *zip(*bad, strict=True), marker="x", s=40, color=style[name]["color"]
@@ -270,7 +412,8 @@ def plot(study: dict[str, Any], out: Path, rel: Path) -> dict[str, str]:
     ax.axhline(base, color="black", linewidth=0.6)
     ax.axhline(1.01 * base, color="gray", linewidth=0.6, linestyle=":")
     ax.set_xscale("log")
-    ax.set_xticks(MULTIPLIERS, LABELS)
+    ticks = sorted({*MULTIPLIERS, *STARTS})
+    ax.set_xticks(ticks, [label(m) for m in ticks])
     ax.set_xlabel("learning-rate multiplier")
     ax.set_ylabel("final validation bits/byte (x at the top: diverged)")
     ax.set_title(

@@ -7,6 +7,7 @@ process so that it compiles once there.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import time
@@ -18,10 +19,17 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.lm_spikes.peers import UNTUNED, Peer, peers
+from benchmarks.lm_spikes.peers import Peer, peers, rate_free
 from benchmarks.lm_spikes.settings import MULTIPLIERS, NAME, Settings
-from benchmarks.optimizers import OPTIMIZERS
+from benchmarks.optimizers import LYAPOPT_EXTRAS, OPTIMIZERS, Optimizer
 from benchmarks.train import CHUNK, Lane, Problem, Runner, time_steps, train
+
+# The timing entries of the rate-free configuration's two phases:
+# ``rate_until`` None measures at every step, 0 holds the rate from the start.
+RATE_FREE_PHASES: dict[str, int | None] = {
+    "rate-free, measuring": None,
+    "rate-free, held": 0,
+}
 
 SPIKE_FACTOR, SPIKE_WINDOW = 1.5, 50
 
@@ -109,9 +117,11 @@ def _lanes(
 
 def _peer_job(
     settings: Settings, name: str, best_lr: float, given: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """One peer's share: every multiplier (those not ``given``), then the seeds
-    at its best one, all in one process so that the peer compiles once."""
+    at its best one, then, for a peer with an untuned rate, every seed there;
+    all in one process so that the peer compiles once. A run at the same
+    rate and seed as one before is that run."""
     peer = _peer(name)
     have = {r["multiplier"]: r for r in given}
     todo = [(peer.rate(best_lr, m), 0, m) for m in peer.multipliers if m not in have]
@@ -122,17 +132,26 @@ def _peer_job(
         (best["learning_rate"], s, best["multiplier"]) for s in range(1, settings.seeds)
     ]
     seeds = [best, *_lanes(settings, name, lanes)]
-    if name != "lyapunov_adam":
-        return runs, seeds
-    # And lyapopt untuned, at its default rate: the runs above where that
-    # rate is one of them (the same rate and seed is the same run).
-    default = OPTIMIZERS["lyapunov_adam"].default_lr
-    if math.isclose(default, best["learning_rate"], rel_tol=1e-6):
-        return runs, seeds + [r | {"multiplier": None} for r in seeds]
-    same = [r for r in runs if math.isclose(default, r["learning_rate"], rel_tol=1e-6)]
-    lanes = [(default, s, None) for s in range(len(same), settings.seeds)]
-    untuned = [r | {"multiplier": None} for r in same] + _lanes(settings, name, lanes)
-    return runs, seeds + untuned
+    if peer.untuned is None:
+        return runs, seeds, []
+    known = {(r["learning_rate"], r["seed"]): r for r in (*runs, *seeds)}
+
+    def same(seed: int) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for (lr, s), r in known.items()
+                if s == seed and math.isclose(lr, peer.untuned, rel_tol=1e-6)
+            ),
+            None,
+        )
+
+    lanes = [(peer.untuned, s, None) for s in range(settings.seeds) if not same(s)]
+    fresh = iter(_lanes(settings, name, lanes))
+    untuned = [
+        (same(s) or next(fresh)) | {"multiplier": None} for s in range(settings.seeds)
+    ]
+    return runs, seeds, untuned
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -195,12 +214,11 @@ def run(settings: Settings) -> dict[str, Any]:
             jobs[p.name] = pool.submit(
                 _peer_job, settings, p.name, best_lr, given if p is base else []
             )
-        runs, seeds = {}, {}
+        runs, seeds, untuned = {}, {}, {}
         for p in tqdm(study, desc=f"{NAME}: peers", unit="peer"):
-            runs[p.name], seeds[p.name] = jobs[p.name].result()
-    ours = seeds["lyapunov_adam"]
-    seeds["lyapunov_adam"] = ours[: settings.seeds]
-    seeds[UNTUNED] = ours[settings.seeds :]
+            runs[p.name], seeds[p.name], u = jobs[p.name].result()
+            if u:
+                untuned[p.name] = u
 
     # 5. The cost per step at 1x, interleaved, alone on the machine, in
     # calls of CHUNK steps (the runs' calls of ``eval_every`` steps would make
@@ -208,6 +226,21 @@ def run(settings: Settings) -> dict[str, Any]:
     entries = {
         p.name: (_runner(settings, p.name, CHUNK), p.rate(best_lr, 1.0)) for p in study
     }
+    # The rate-free configuration's step while it measures (every step of
+    # the first tenth of the run) and once its rate is held (the rest); its
+    # cost over a run is their mean, weighted by the steps of each.
+    for label, until in RATE_FREE_PHASES.items():
+        entries[label] = (
+            Runner(
+                Problem(settings.task(CHUNK)),
+                Optimizer(
+                    label,
+                    functools.partial(rate_free, rate_until=until),
+                    extras=(*LYAPOPT_EXTRAS, "grad"),
+                ),
+            ),
+            best_lr,
+        )
     with tqdm(
         total=settings.timing_rounds + 1, desc=f"{NAME}: cost", unit="round"
     ) as bar:
@@ -221,6 +254,7 @@ def run(settings: Settings) -> dict[str, Any]:
         "families": {p.name: p.family for p in study},
         "runs": {p.name: runs[p.name] for p in study},
         "seeds": seeds,
+        "untuned": untuned,
         "default_lr": OPTIMIZERS["lyapunov_adam"].default_lr,
         "per_step": per_step,
         "wall_seconds": time.perf_counter() - start,

@@ -15,6 +15,10 @@ NAME = "lm_spikes"
 # 10**1.5, points of the baseline's half-decade sweep.
 MULTIPLIERS = (1.0, 10**0.5, 10.0, 10**1.5)
 LABELS = ("1x", "3x", "10x", "30x")
+# The rates a rate-free configuration starts from, as multiples of the
+# baseline's tuned rate (issue 20: 0.01x to 30x).
+STARTS = (0.01, 0.1, 1.0, 10.0, 10**1.5)
+START_LABELS = ("0.01x", "0.1x", "1x", "10x", "30x")
 
 
 @dataclass(frozen=True)
