@@ -29,6 +29,10 @@ _AVERAGING = 0.9
 # The defaults keep the stage's behaviour.
 _LEVEL = 1.0
 _MEASURE_UNTIL: int | None = None
+# TEMPORARY, the same probe (H2f): the smoothing weight used in place of
+# _SMOOTHING when set (1.0: r <- clip(target, r / 2, 2 r), the target
+# being already an average). None keeps the stage's behaviour.
+_SMOOTHING_OVERRIDE: float | None = None
 
 
 class ScaleByHeldOutRateState(NamedTuple):
@@ -232,6 +236,11 @@ class HeldOutRate:
     measure_until: int | None = dataclasses.field(
         default_factory=lambda: _MEASURE_UNTIL
     )
+    smoothing: float = dataclasses.field(
+        default_factory=lambda: (
+            _SMOOTHING if _SMOOTHING_OVERRIDE is None else _SMOOTHING_OVERRIDE
+        )
+    )
 
     def __post_init__(self) -> None:
         check_number(
@@ -323,9 +332,8 @@ class HeldOutRate:
         target = numerator / jnp.where(denominator > 0, denominator, 1)
         rate = state.rate.astype(work)
         clipped = jnp.clip(target, rate / _CLAMP, rate * _CLAMP)
-        rate = jnp.where(
-            accepted, (1 - _SMOOTHING) * rate + _SMOOTHING * clipped, rate
-        ).astype(dtype)
+        w = self.smoothing
+        rate = jnp.where(accepted, (1 - w) * rate + w * clipped, rate).astype(dtype)
         scale = (self.level * rate * self.shape(state.count, dtype)).astype(dtype)
 
         # ||u_t||, for the measurement at the next step only.
