@@ -33,6 +33,10 @@ _MEASURE_UNTIL: int | None = None
 # _SMOOTHING when set (1.0: r <- clip(target, r / 2, 2 r), the target
 # being already an average). None keeps the stage's behaviour.
 _SMOOTHING_OVERRIDE: float | None = None
+# TEMPORARY, the same probe (H2g): the decay of the target's averages used in
+# place of _AVERAGING when set (0.98: about 50 measurements). None keeps the
+# stage's behaviour.
+_AVERAGING_OVERRIDE: float | None = None
 
 
 class ScaleByHeldOutRateState(NamedTuple):
@@ -241,6 +245,11 @@ class HeldOutRate:
             _SMOOTHING if _SMOOTHING_OVERRIDE is None else _SMOOTHING_OVERRIDE
         )
     )
+    averaging: float = dataclasses.field(
+        default_factory=lambda: (
+            _AVERAGING if _AVERAGING_OVERRIDE is None else _AVERAGING_OVERRIDE
+        )
+    )
 
     def __post_init__(self) -> None:
         check_number(
@@ -327,8 +336,8 @@ class HeldOutRate:
         # p, so a spike in one step's length does not swamp the averages.
         weighted = (norm * curv - slope) / jnp.where(accepted, length, 1)
         accepted = accepted & jnp.isfinite(weighted)
-        numerator = _average(state.numerator, weighted, accepted)
-        denominator = _average(state.denominator, curv, accepted)
+        numerator = _average(state.numerator, weighted, accepted, self.averaging)
+        denominator = _average(state.denominator, curv, accepted, self.averaging)
         target = numerator / jnp.where(denominator > 0, denominator, 1)
         rate = state.rate.astype(work)
         clipped = jnp.clip(target, rate / _CLAMP, rate * _CLAMP)
@@ -377,8 +386,10 @@ def _difference(now: jax.Array, before: jax.Array) -> jax.Array:
     return now.astype(work) - jnp.asarray(before).astype(work)
 
 
-def _average(average: jax.Array, x: jax.Array, accepted: jax.Array) -> jax.Array:
+def _average(
+    average: jax.Array, x: jax.Array, accepted: jax.Array, decay: float = _AVERAGING
+) -> jax.Array:
     """The moving average with ``x`` taken in where ``accepted``."""
     average = average.astype(x.dtype)
-    new = _AVERAGING * average + (1 - _AVERAGING) * x
+    new = decay * average + (1 - decay) * x
     return jnp.where(accepted, new, average)

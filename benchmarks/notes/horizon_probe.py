@@ -22,6 +22,10 @@ Variants (each started from 0.1x, 1x and 10x the recipe's tuned rate):
   only clamped, ``r <- clip(target, r / 2, 2 r)`` (smoothing weight 1,
   ``_rate._SMOOTHING_OVERRIDE``); run with H2 and the recipe from 0.01x,
   0.1x, 1x, 10x and 30x (``h2f`` below).
+- ``H2g`` (third round): H2f with the target's averages at decay 0.98
+  (about 50 measurements) instead of 0.9 (``_rate._AVERAGING_OVERRIDE``),
+  so the frozen level averages most of the level phase (``h2g`` below;
+  the recipe's runs are reused from the log).
 
     python -m benchmarks.notes.horizon_probe lm [seeds...]
     python -m benchmarks.notes.horizon_probe digits [seeds...]
@@ -29,6 +33,9 @@ Variants (each started from 0.1x, 1x and 10x the recipe's tuned rate):
     python -m benchmarks.notes.horizon_probe h2f lm [seeds...]
     python -m benchmarks.notes.horizon_probe h2f digits [seeds...]
     python -m benchmarks.notes.horizon_probe h2f report [seeds...]
+    python -m benchmarks.notes.horizon_probe h2g lm [seeds...]
+    python -m benchmarks.notes.horizon_probe h2g digits [seeds...]
+    python -m benchmarks.notes.horizon_probe h2g report [seeds...]
 
 Each run appends one JSON line to ``horizon_probe.jsonl`` (beside this
 file); runs already there are skipped, so an interrupted probe resumes.
@@ -64,6 +71,8 @@ VARIANTS = ("recipe", "H0", "H1", "H2", "H2b", "H3", "GeN")
 # The second round (H2f): wider starts, three variants.
 WIDE = (0.01, 0.1, 1.0, 10.0, 30.0)
 H2F_VARIANTS = ("recipe", "H2", "H2f")
+# The third round (H2g): the same starts; only H2g runs, the others are reused.
+H2G_VARIANTS = ("recipe", "H2f", "H2g")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,34 +114,41 @@ def direction(lr: Any) -> optax.GradientTransformation:
 
 @contextlib.contextmanager
 def switches(
-    level: float = 1.0, until: int | None = None, smoothing: float | None = None
+    level: float = 1.0,
+    until: int | None = None,
+    smoothing: float | None = None,
+    averaging: float | None = None,
 ) -> Iterator[None]:
     """The temporary horizon switches of ``lyapopt._rate``, while a
     ``HeldOutRate`` is built."""
     _rate._LEVEL, _rate._MEASURE_UNTIL = level, until
     _rate._SMOOTHING_OVERRIDE = smoothing
+    _rate._AVERAGING_OVERRIDE = averaging
     try:
         yield
     finally:
         _rate._LEVEL, _rate._MEASURE_UNTIL = 1.0, None
         _rate._SMOOTHING_OVERRIDE = None
+        _rate._AVERAGING_OVERRIDE = None
 
 
 def held_out(variant: str) -> Callable[[Any, int], optax.GradientTransformation]:
     def make(lr: Any, n: int) -> optax.GradientTransformation:
         every, rate_shape = 4, shape(n)
-        level, until, smoothing = 1.0, None, None
+        level, until, smoothing, averaging = 1.0, None, None, None
         if variant == "H1":
             rate_shape = None
         elif variant == "H2":
             every, until = 1, n // 10
         elif variant == "H2f":
             every, until, smoothing = 1, n // 10, 1.0
+        elif variant == "H2g":
+            every, until, smoothing, averaging = 1, n // 10, 1.0, 0.98
         elif variant == "H2b":
             every, until = 1, n // 5
         elif variant == "H3":
             level = 2.0
-        with switches(level, until, smoothing):
+        with switches(level, until, smoothing, averaging):
             return lyapopt.stabilize(
                 direction(lr),
                 rate_every=every,
@@ -338,14 +354,17 @@ def table(
         print(f"| {variant} | {' | '.join(cells)} | {worst} | {sec} |")
 
 
-def report_h2f(seeds: tuple[int, ...]) -> None:
-    """The tables of the second round: recipe, H2, H2f from every start of
-    ``WIDE``; the frozen effective rate ``lr * r`` and guard violations."""
+def report_h2f(
+    seeds: tuple[int, ...], variants: tuple[str, ...] = H2F_VARIANTS
+) -> None:
+    """The tables of the second (and third) round: the recipe and two
+    variants from every start of ``WIDE``; the frozen effective rate
+    ``lr * r`` and guard violations."""
     rows = [json.loads(line) for line in LOG.read_text().splitlines() if line]
-    rows = [r for r in rows if r["seed"] in seeds and r["variant"] in H2F_VARIANTS]
+    rows = [r for r in rows if r["seed"] in seeds and r["variant"] in variants]
     for task, key in (("lm", "metric"), ("digits", "metric"), ("digits", "test_loss")):
         sub = [r for r in rows if r["task"] == task]
-        table(task, key, sub, WIDE, H2F_VARIANTS)
+        table(task, key, sub, WIDE, variants)
     for task in ("lm", "digits"):
         present = sorted({r["seed"] for r in rows if r["task"] == task})
         cols = [(m, s) for m in WIDE for s in present]
@@ -353,7 +372,7 @@ def report_h2f(seeds: tuple[int, ...]) -> None:
         for what in ("lr * r frozen", "violations"):
             print(f"\n{task}, {what}\n\n| variant | {head} |")
             print("|---|" + "---:|" * len(cols))
-            for variant in ("H2", "H2f"):
+            for variant in variants[1:]:
                 cells = []
                 for m, s in cols:
                     r = next(
@@ -379,13 +398,14 @@ def report_h2f(seeds: tuple[int, ...]) -> None:
 
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else "report"
-    if what == "h2f":
+    if what in ("h2f", "h2g"):
+        variants = H2F_VARIANTS if what == "h2f" else H2G_VARIANTS
         name = sys.argv[2] if len(sys.argv) > 2 else "report"
         seeds = tuple(int(s) for s in sys.argv[3:]) or (0, 1)
         if name == "report":
-            report_h2f(seeds)
+            report_h2f(seeds, variants)
         else:
-            probe(name, seeds, H2F_VARIANTS, WIDE)
+            probe(name, seeds, variants, WIDE)
     elif what == "report":
         report()
     elif what == "sweep":
