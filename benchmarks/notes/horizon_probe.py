@@ -2,6 +2,11 @@
 the recipe, on ``lm_spikes``' small model and on the suite's
 ``mlp_minibatch``.
 
+It ran against temporary module switches of ``lyapopt/_rate.py`` that are
+gone: H2g became the stage's behaviour with ``rate_until``. To rerun it,
+restore that file from commit 05d1793 first (``git checkout 05d1793 --
+lyapopt/_rate.py``); ``horizon_probe.jsonl`` holds every run.
+
 Variants (each started from 0.1x, 1x and 10x the recipe's tuned rate):
 
 - ``recipe``: clip 1.0 + AdamW (b2 0.95, wd 0.1), warmup 5% + cosine to a
@@ -18,10 +23,24 @@ Variants (each started from 0.1x, 1x and 10x the recipe's tuned rate):
   guard catching what overshoots.
 - ``GeN``: :func:`benchmarks.gen.gen` over the recipe's direction at a
   constant rate, every 4 steps, times the recipe's shape.
+- ``H2f`` (second round): H2 with the rate following the target directly,
+  only clamped, ``r <- clip(target, r / 2, 2 r)`` (smoothing weight 1,
+  ``_rate._SMOOTHING_OVERRIDE``); run with H2 and the recipe from 0.01x,
+  0.1x, 1x, 10x and 30x (``h2f`` below).
+- ``H2g`` (third round): H2f with the target's averages at decay 0.98
+  (about 50 measurements) instead of 0.9 (``_rate._AVERAGING_OVERRIDE``),
+  so the frozen level averages most of the level phase (``h2g`` below;
+  the recipe's runs are reused from the log).
 
     python -m benchmarks.notes.horizon_probe lm [seeds...]
     python -m benchmarks.notes.horizon_probe digits [seeds...]
     python -m benchmarks.notes.horizon_probe report
+    python -m benchmarks.notes.horizon_probe h2f lm [seeds...]
+    python -m benchmarks.notes.horizon_probe h2f digits [seeds...]
+    python -m benchmarks.notes.horizon_probe h2f report [seeds...]
+    python -m benchmarks.notes.horizon_probe h2g lm [seeds...]
+    python -m benchmarks.notes.horizon_probe h2g digits [seeds...]
+    python -m benchmarks.notes.horizon_probe h2g report [seeds...]
 
 Each run appends one JSON line to ``horizon_probe.jsonl`` (beside this
 file); runs already there are skipped, so an interrupted probe resumes.
@@ -54,6 +73,11 @@ from lyapopt import _rate
 LOG = Path(__file__).with_name("horizon_probe.jsonl")
 MULTIPLIERS = (0.1, 1.0, 10.0)
 VARIANTS = ("recipe", "H0", "H1", "H2", "H2b", "H3", "GeN")
+# The second round (H2f): wider starts, three variants.
+WIDE = (0.01, 0.1, 1.0, 10.0, 30.0)
+H2F_VARIANTS = ("recipe", "H2", "H2f")
+# The third round (H2g): the same starts; only H2g runs, the others are reused.
+H2G_VARIANTS = ("recipe", "H2f", "H2g")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,29 +118,42 @@ def direction(lr: Any) -> optax.GradientTransformation:
 
 
 @contextlib.contextmanager
-def switches(level: float = 1.0, until: int | None = None) -> Iterator[None]:
+def switches(
+    level: float = 1.0,
+    until: int | None = None,
+    smoothing: float | None = None,
+    averaging: float | None = None,
+) -> Iterator[None]:
     """The temporary horizon switches of ``lyapopt._rate``, while a
     ``HeldOutRate`` is built."""
     _rate._LEVEL, _rate._MEASURE_UNTIL = level, until
+    _rate._SMOOTHING_OVERRIDE = smoothing
+    _rate._AVERAGING_OVERRIDE = averaging
     try:
         yield
     finally:
         _rate._LEVEL, _rate._MEASURE_UNTIL = 1.0, None
+        _rate._SMOOTHING_OVERRIDE = None
+        _rate._AVERAGING_OVERRIDE = None
 
 
 def held_out(variant: str) -> Callable[[Any, int], optax.GradientTransformation]:
     def make(lr: Any, n: int) -> optax.GradientTransformation:
         every, rate_shape = 4, shape(n)
-        level, until = 1.0, None
+        level, until, smoothing, averaging = 1.0, None, None, None
         if variant == "H1":
             rate_shape = None
         elif variant == "H2":
             every, until = 1, n // 10
+        elif variant == "H2f":
+            every, until, smoothing = 1, n // 10, 1.0
+        elif variant == "H2g":
+            every, until, smoothing, averaging = 1, n // 10, 1.0, 0.98
         elif variant == "H2b":
             every, until = 1, n // 5
         elif variant == "H3":
             level = 2.0
-        with switches(level, until):
+        with switches(level, until, smoothing, averaging):
             return lyapopt.stabilize(
                 direction(lr),
                 rate_every=every,
@@ -195,17 +232,22 @@ def done() -> set[tuple[str, str, float, int]]:
     return {(r["task"], r["variant"], r["lr"], r["seed"]) for r in rows}
 
 
-def probe(name: str, seeds: tuple[int, ...], variants: tuple[str, ...]) -> None:
+def probe(
+    name: str,
+    seeds: tuple[int, ...],
+    variants: tuple[str, ...],
+    multipliers: tuple[float, ...] = MULTIPLIERS,
+) -> None:
     setup = setups()[name]
     problem = Problem(setup.task)
     finished = done()
-    rates = [setup.rate * m for m in MULTIPLIERS]
+    rates = [setup.rate * m for m in multipliers]
     for variant in variants:
         opt, record = optimizer(variant)
         runner = Runner(problem, opt, record=record)
         first = True
         for seed in seeds:
-            for m, lr in zip(MULTIPLIERS, rates, strict=True):
+            for m, lr in zip(multipliers, rates, strict=True):
                 if (name, variant, lr, seed) in finished:
                     continue
                 result = run(runner, lr, seed, setup)
@@ -257,14 +299,20 @@ def report() -> None:
                 print(f"- {r['variant']} {r['multiplier']:g}x s{r['seed']}: {rates}")
 
 
-def table(task: str, key: str, sub: list[dict[str, Any]]) -> None:
+def table(
+    task: str,
+    key: str,
+    sub: list[dict[str, Any]],
+    multipliers: tuple[float, ...] = MULTIPLIERS,
+    variants: tuple[str, ...] = VARIANTS,
+) -> None:
     """One table: the final ``key`` per variant x start x seed, the worst gap
     to the recipe's 1x of the same seed (relative for bits/byte and losses,
     percentage points for accuracy), and the median seconds of a run."""
     if not sub:
         return
     seeds = sorted({r["seed"] for r in sub})
-    cols = [(m, s) for m in MULTIPLIERS for s in seeds]
+    cols = [(m, s) for m in multipliers for s in seeds]
     head = " | ".join(f"{m:g}x s{s}" for m, s in cols)
     print(f"\n{task}, {key}\n\n| variant | {head} | worst vs bar | s/run |")
     print("|---|" + "---:|" * (len(cols) + 2))
@@ -281,7 +329,7 @@ def table(task: str, key: str, sub: list[dict[str, Any]]) -> None:
         )
         for s in seeds
     }
-    for variant in VARIANTS:
+    for variant in variants:
         cells, gaps, secs = [], [], []
         for m, s in cols:
             r = next(
@@ -311,9 +359,59 @@ def table(task: str, key: str, sub: list[dict[str, Any]]) -> None:
         print(f"| {variant} | {' | '.join(cells)} | {worst} | {sec} |")
 
 
+def report_h2f(
+    seeds: tuple[int, ...], variants: tuple[str, ...] = H2F_VARIANTS
+) -> None:
+    """The tables of the second (and third) round: the recipe and two
+    variants from every start of ``WIDE``; the frozen effective rate
+    ``lr * r`` and guard violations."""
+    rows = [json.loads(line) for line in LOG.read_text().splitlines() if line]
+    rows = [r for r in rows if r["seed"] in seeds and r["variant"] in variants]
+    for task, key in (("lm", "metric"), ("digits", "metric"), ("digits", "test_loss")):
+        sub = [r for r in rows if r["task"] == task]
+        table(task, key, sub, WIDE, variants)
+    for task in ("lm", "digits"):
+        present = sorted({r["seed"] for r in rows if r["task"] == task})
+        cols = [(m, s) for m in WIDE for s in present]
+        head = " | ".join(f"{m:g}x s{s}" for m, s in cols)
+        for what in ("lr * r frozen", "violations"):
+            print(f"\n{task}, {what}\n\n| variant | {head} |")
+            print("|---|" + "---:|" * len(cols))
+            for variant in variants[1:]:
+                cells = []
+                for m, s in cols:
+                    r = next(
+                        (
+                            r
+                            for r in rows
+                            if r["task"] == task
+                            and r["variant"] == variant
+                            and r["multiplier"] == m
+                            and r["seed"] == s
+                        ),
+                        None,
+                    )
+                    if r is None:
+                        cells.append("")
+                    elif what == "violations":
+                        cells.append(f"{r.get('violations', float('nan')):.0f}")
+                    else:
+                        # measured until 10%: rate[0] is at step 10% - 1
+                        cells.append(f"{r['lr'] * r['rate'][0]:.4g}")
+                print(f"| {variant} | {' | '.join(cells)} |")
+
+
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else "report"
-    if what == "report":
+    if what in ("h2f", "h2g"):
+        variants = H2F_VARIANTS if what == "h2f" else H2G_VARIANTS
+        name = sys.argv[2] if len(sys.argv) > 2 else "report"
+        seeds = tuple(int(s) for s in sys.argv[3:]) or (0, 1)
+        if name == "report":
+            report_h2f(seeds, variants)
+        else:
+            probe(name, seeds, variants, WIDE)
+    elif what == "report":
         report()
     elif what == "sweep":
         sweep_digits()
