@@ -228,17 +228,18 @@ def test_the_shape_multiplies_the_measured_rate_and_is_not_undone() -> None:
     )
 
 
-def test_rate_until_holds_the_rate_measured_before_it() -> None:
-    # Measured at steps 1..until-1, then held: the rate after `until` steps
-    # is the rate at step `until`, and no measurement is counted after it.
-    hessian, gradient, _ = _problem(8)
+def test_rate_until_follows_the_target_with_the_clamp_alone_then_holds() -> None:
+    # Noiseless, every measurement is eps_max = 0.284, so the averaged
+    # target is too; from r = 1 the clamp allows a halving (0.5), then the
+    # target itself. Measured at steps 1..until-1, then held.
+    hessian, gradient, eps_max = _problem(8)
     until, steps = 20, 60
     tx = optax.chain(
         optax.sgd(1.0), lyapopt.scale_by_held_out_rate(1, rate_until=until)
     )
     states = _stationary(tx, hessian, gradient, 0.0, steps, seeds=1)
     rate = np.asarray(states.rate[0])
-    assert rate[until - 1] != rate[until - 2]  # still measuring at until - 1
+    np.testing.assert_allclose(rate[:3], [1.0, 0.5, eps_max], rtol=1e-5)
     np.testing.assert_array_equal(rate[until - 1 :], rate[until - 1])
     assert int(states.measurements[0, -1]) == until - 1
     with pytest.raises(ValueError, match="rate_every=1"):
