@@ -48,7 +48,7 @@ def test_lyapopt_optimizers_never_diverge_nor_raise_the_full_batch_loss(
     results, _ = quick
     sweep = results["tasks"]["mlp_full"]["sweep"]
     ours = [name for name in sweep if OPTIMIZERS[name].is_lyapopt]
-    assert len(ours) == 4
+    assert len(ours) == 5  # with the rate-free configuration
     for name in ours:
         for run in sweep[name]:
             assert not run["diverged"], (name, run["learning_rate"])
@@ -73,7 +73,9 @@ def test_quick_run_writes_the_report_and_the_plots(quick: tuple) -> None:
     results, out = quick
     md = (out / "RESULTS.md").read_text()
     assert report.BEGIN in md and report.END in md
-    assert len(results["targets"]) == 6
+    # Four costs, divergence, rises, and mlp_full's quality: every lyapopt
+    # optimizer within 1 pp, the rate-free one within 0.5 pp.
+    assert len(results["targets"]) == 8
     for t in results["targets"]:
         assert t["target"] in md
     for png in ("cost_per_step.png", "curves_mlp_full.png", "sweep_mlp_full.png"):
