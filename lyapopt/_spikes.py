@@ -27,7 +27,7 @@ class SkipLossSpikesState(NamedTuple):
         the parameters' dtype; their median is the reference.
       filled: int32, how many of ``losses`` hold a loss (a batch is judged
         only once the window is full).
-      index: int32, where the next admitted loss is written.
+      position: int32, where the next admitted loss is written.
       consecutive: int32, batches refused in a row since the last admitted
         one.
 
@@ -41,7 +41,7 @@ class SkipLossSpikesState(NamedTuple):
 
     losses: jax.Array
     filled: jax.Array
-    index: jax.Array
+    position: jax.Array
     consecutive: jax.Array
     skipped: jax.Array
     restarts: jax.Array
@@ -192,7 +192,7 @@ class LossReference:
         return SkipLossSpikesState(
             losses=jnp.zeros([window], dtype),
             filled=zero,
-            index=zero,
+            position=zero,
             consecutive=zero,
             skipped=zero,
             restarts=zero,
@@ -238,14 +238,14 @@ class LossReference:
         loss, admitted, spike = self._judge(state, problem)
         window = state.losses.shape[0]
         restart = admitted & spike  # admitted after max_skips refusals
-        index = jnp.where(restart, 0, state.index)
+        position = jnp.where(restart, 0, state.position)
         filled = jnp.where(restart, 0, state.filled)
-        losses = state.losses.at[index].set(loss.astype(state.losses.dtype))
+        losses = state.losses.at[position].set(loss.astype(state.losses.dtype))
         count = optax.safe_increment
         new_state = SkipLossSpikesState(
             losses=jnp.where(admitted, losses, state.losses),
             filled=jnp.where(admitted, jnp.minimum(filled + 1, window), state.filled),
-            index=jnp.where(admitted, (index + 1) % window, state.index),
+            position=jnp.where(admitted, (position + 1) % window, state.position),
             consecutive=jnp.where(admitted, 0, count(state.consecutive)),
             skipped=jnp.where(admitted, state.skipped, count(state.skipped)),
             restarts=jnp.where(restart, count(state.restarts), state.restarts),
