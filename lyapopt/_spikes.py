@@ -94,9 +94,11 @@ def skip_loss_spikes(
     optimizer; the ring buffer of admitted losses, the bound on refusals in
     a row and the restart are ours.
 
-    ``V(theta)`` is ``value_fn(params)`` when ``value_fn`` is given (under
-    one ``jax.jit`` with the user's ``value_and_grad``, XLA computes that
-    forward pass once for both), else the ``value`` extra argument.
+    The batch's loss is the ``value`` extra argument when given (the loss
+    the caller computed with its gradient: no pass over the data), else
+    ``value_fn(params)``, one forward pass. It is judged against losses
+    of the same kind, so a ``value`` that includes a penalty term works
+    (the guard, which trusts no ``value``, still judges every step).
 
     Standalone, chained after a direction (``optax.chain(optax.adamw(...),
     lyapopt.skip_loss_spikes())``), it returns zero updates for a refused
@@ -117,7 +119,7 @@ def skip_loss_spikes(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its update needs
-      ``value_fn`` (with ``params``) or ``value``.
+      ``value`` or ``value_fn`` (with ``params``).
 
     References:
       Chowdhery et al., "PaLM: Scaling language modeling with pathways",
@@ -199,8 +201,8 @@ class LossReference:
         )
 
     def _loss(self, problem: _stage.Problem, dtype: Any) -> jax.Array:
-        """``V(theta)``: ``value_fn(params)``, else the caller's ``value``."""
-        if problem.value_fn is not None:
+        """The batch's loss: the caller's ``value``, else ``value_fn(params)``."""
+        if problem.value is None and problem.value_fn is not None:
             return _line.value(_WHERE, problem.value_fn, problem.params, dtype)
         if problem.value is None:
             raise ValueError(

@@ -74,6 +74,23 @@ def test_a_nonfinite_loss_is_refused_even_after_max_skips() -> None:
     assert int(state.skipped) == 3 and int(state.restarts) == 0
 
 
+def test_the_callers_value_is_judged_where_given_else_value_fn() -> None:
+    # `value` is free (the caller computed it with the gradient); without it
+    # the stage evaluates value_fn.
+    tx = optax.chain(optax.sgd(1.0), lyapopt.skip_loss_spikes(spike_window=2))
+    x = jnp.ones(2)
+    state = tx.init(x)
+    flat = lambda p: jnp.sum(p) * 0 + 1.0  # noqa: E731
+    for v in (1.0, 1.0):
+        _, state = tx.update(x, state, x, value=jnp.asarray(v), value_fn=flat)
+    _, judged_by_value = tx.update(x, state, x, value=10.0, value_fn=flat)
+    assert int(judged_by_value[1].skipped) == 1
+    _, judged_by_fn = tx.update(x, state, x, value_fn=lambda p: 10.0 + 0 * p[0])
+    assert int(judged_by_fn[1].skipped) == 1
+    _, admitted = tx.update(x, state, x, value_fn=flat)
+    assert int(admitted[1].skipped) == 0
+
+
 def test_a_nonpositive_reference_judges_nothing() -> None:
     # The ratio only means something for a positive loss: with a median of
     # -1 no batch is refused.
