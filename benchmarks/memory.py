@@ -47,6 +47,14 @@ OPTIMIZERS: dict[str, tuple[Callable[[], optax.GradientTransformation], str]] = 
         lambda: lyapopt.stabilize(optax.adamw(1e-3)),
         "optax.adam",
     ),
+    "lyapunov_adam spike_factor": (
+        lambda: lyapopt.lyapunov_adam(spike_factor=1.5),
+        "optax.adam",
+    ),
+    "lyapunov_adam rate-free": (
+        lambda: lyapopt.lyapunov_adam(rate_every=1, rate_until=100),
+        "optax.adam",
+    ),
 }
 
 
