@@ -299,6 +299,11 @@ def report() -> None:
                 print(f"- {r['variant']} {r['multiplier']:g}x s{r['seed']}: {rates}")
 
 
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    """The first row whose fields equal ``match``, or None."""
+    return next((r for r in rows if all(r[k] == v for k, v in match.items())), None)
+
+
 def table(
     task: str,
     key: str,
@@ -332,16 +337,7 @@ def table(
     for variant in variants:
         cells, gaps, secs = [], [], []
         for m, s in cols:
-            r = next(
-                (
-                    r
-                    for r in sub
-                    if r["variant"] == variant
-                    and r["multiplier"] == m
-                    and r["seed"] == s
-                ),
-                None,
-            )
+            r = _find(sub, variant=variant, multiplier=m, seed=s)
             if r is None:
                 cells.append("")
                 continue
@@ -380,17 +376,7 @@ def report_h2f(
             for variant in variants[1:]:
                 cells = []
                 for m, s in cols:
-                    r = next(
-                        (
-                            r
-                            for r in rows
-                            if r["task"] == task
-                            and r["variant"] == variant
-                            and r["multiplier"] == m
-                            and r["seed"] == s
-                        ),
-                        None,
-                    )
+                    r = _find(rows, task=task, variant=variant, multiplier=m, seed=s)
                     if r is None:
                         cells.append("")
                     elif what == "violations":
