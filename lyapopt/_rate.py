@@ -187,9 +187,10 @@ def scale_by_held_out_rate(
     the state (``previous``), and at the peak of a compiled step +3.1
     parameter-sized buffers over ``lyapunov_adam`` in all (measured on a
     1M-parameter MLP, ``tests/test_memory.py``). The step is not safe by
-    itself: a rate measured on the last batch can overshoot on this one. Chain :func:`lyapopt.lyapunov_guard`
-    after it, or use ``stabilize(tx, rate_every=k)``, where it runs first
-    and the curvature cap and the guard after it.
+    itself: a rate measured on the last batch can overshoot on this one.
+    Chain :func:`lyapopt.lyapunov_guard` after it, or use
+    ``stabilize(tx, rate_every=k)``, where it runs first and the curvature
+    cap and the guard after it.
 
     Args:
       rate_every: measure every this many steps, ``>= 1`` (GeN: 4 to 8).
