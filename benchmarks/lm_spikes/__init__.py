@@ -12,12 +12,17 @@ The study, in this order:
    every multiplier of the baseline is a point of its sweep), seed 0. The
    learning-rate-free optimizers take no rate of the baseline's: they run
    once, at their authors' default, untuned, and that one run stands in
-   every multiplier's column;
+   every multiplier's column. The configurations that set the rate by
+   measurement (lyapopt's rate-free configuration, GeN) start from
+   ``0.01x, 0.1x, 1x, 10x, 30x`` instead (``STARTS``);
 3. **seeds**: every peer at its best multiplier (the learning-rate-free
    ones at their default), seeds 1 and 2;
-4. **untuned**: ``lyapunov_adam()`` at its default rate, three seeds;
+4. **untuned**: ``lyapunov_adam()`` at its default rate, and the two
+   measured-rate configurations from AdamW's usual 1e-3, three seeds each;
 5. **cost**: the seconds per step of every peer at ``1x``, interleaved in one
-   timing run (:func:`benchmarks.train.time_steps`).
+   timing run (:func:`benchmarks.train.time_steps`), and the rate-free
+   configuration's two phases (measuring, held), whose mean weighted by
+   their steps is its cost over a run.
 
 Per run: the spikes (a step whose batch loss exceeds ``SPIKE_FACTOR`` times
 the median of the previous ``SPIKE_WINDOW`` steps' batch losses; a non-finite
